@@ -1,0 +1,1 @@
+//! simclr-augment (work in progress)

@@ -1,0 +1,1 @@
+//! simclr-loss (work in progress)

@@ -1,0 +1,1 @@
+//! simclr-model (work in progress)

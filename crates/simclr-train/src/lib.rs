@@ -1,0 +1,1 @@
+//! simclr-train (work in progress)
