@@ -31,7 +31,9 @@ pub enum ImageError {
     #[error("image has {0} channels; expected 1 (grayscale) or 3 (RGB)")]
     Channels(u8),
     /// The buffer length does not match `width * height * channels`.
-    #[error("pixel buffer holds {found} bytes; a {width}x{height}x{channels} image needs {expected}")]
+    #[error(
+        "pixel buffer holds {found} bytes; a {width}x{height}x{channels} image needs {expected}"
+    )]
     Length {
         /// Width given.
         width: u32,
@@ -104,7 +106,12 @@ impl Image {
     /// # Panics
     /// If `(x, y)` lies outside the image.
     pub fn pixel(&self, x: u32, y: u32) -> &[u8] {
-        assert!(x < self.width && y < self.height, "pixel ({x}, {y}) outside {}x{}", self.width, self.height);
+        assert!(
+            x < self.width && y < self.height,
+            "pixel ({x}, {y}) outside {}x{}",
+            self.width,
+            self.height
+        );
         let c = self.channels as usize;
         let i = (y as usize * self.width as usize + x as usize) * c;
         &self.data[i..i + c]
@@ -151,12 +158,22 @@ mod tests {
         assert!(Image::new(2, 1, 3, vec![0u8; 6]).is_ok());
         assert_eq!(
             Image::new(0, 1, 1, vec![]),
-            Err(ImageError::ZeroSize { width: 0, height: 1 })
+            Err(ImageError::ZeroSize {
+                width: 0,
+                height: 1
+            })
         );
-        assert_eq!(Image::new(1, 1, 4, vec![0u8; 4]), Err(ImageError::Channels(4)));
+        assert_eq!(
+            Image::new(1, 1, 4, vec![0u8; 4]),
+            Err(ImageError::Channels(4))
+        );
         assert!(matches!(
             Image::new(2, 2, 1, vec![0u8; 3]),
-            Err(ImageError::Length { expected: 4, found: 3, .. })
+            Err(ImageError::Length {
+                expected: 4,
+                found: 3,
+                ..
+            })
         ));
     }
 
