@@ -239,6 +239,22 @@ impl AugmentConfig {
         ops::normalize_chw(&v, &self.mean, &self.std, out);
     }
 
+    /// The un-augmented view as an 8-bit image (the whole image resized), for previews.
+    pub fn eval_image(&self, img: &Image) -> Image {
+        let rect = Rect {
+            x: 0,
+            y: 0,
+            width: img.width(),
+            height: img.height(),
+        };
+        ops::to_image(&ops::resized_crop(
+            img,
+            rect,
+            self.width as usize,
+            self.height as usize,
+        ))
+    }
+
     /// Values in one view: `C × H × W`.
     pub fn view_len(&self) -> usize {
         self.channels() * self.height as usize * self.width as usize
