@@ -1,11 +1,20 @@
-//! Image folders: `root/<class>/*.{png,jpg,jpeg,bmp,webp}` (labelled, ImageNet-style) or a flat
-//! folder of images (unlabelled, for pretraining). When `root` has `train/` and `test/`
-//! subfolders, the split picks one.
+//! Image folders: `root/<class>/*.{png,jpg,jpeg,bmp,webp}` (labelled, ImageNet-style, as
+//! torchvision's `ImageFolder`) or a flat folder of images (unlabelled, for pretraining). When
+//! `root` has both `train/` and `test/` subfolders, the split picks one.
 //!
-//! Order is deterministic (sorted paths); classes are numbered in sorted folder-name order.
-//! Images are decoded in parallel at open. If any image is in colour the whole set becomes RGB
-//! (grayscale images get their channel replicated), so every item has the same channel count.
+//! - Extensions are matched case-insensitively; the decoder then trusts the file's contents,
+//!   not its extension. Hidden entries (names starting with `.`, e.g. macOS `._x.png`) are
+//!   ignored, and so are files deeper than one class folder.
+//! - Order is deterministic: sorted paths. Class `k` is the `k`-th class-folder name in sorted
+//!   order, counting empty class folders, and with split folders the names of both splits, so
+//!   `train/` and `test/` number their classes alike even when one lacks a class.
+//! - Images are decoded in parallel at open. If any image is in colour the whole set becomes
+//!   RGB (grayscale images get their value replicated), so every item has the same channel
+//!   count. Sizes may differ: augmentation crops to a fixed size.
+//! - An undecodable file is an error naming it, or, with `skip_bad_images`, is left out and
+//!   listed in [`InMemoryDataset::skipped`] for the caller to report.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
@@ -13,14 +22,24 @@ use rayon::prelude::*;
 use crate::{DataError, Image, InMemoryDataset, Skipped, Split};
 
 /// Extensions read, compared case-insensitively.
-pub const EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "bmp", "webp"];
+pub(crate) const EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "bmp", "webp"];
+
+fn is_hidden(path: &Path) -> bool {
+    path.file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+}
 
 fn is_image(path: &Path) -> bool {
-    path.is_file()
+    !is_hidden(path)
+        && path.is_file()
         && path
             .extension()
             .and_then(|e| e.to_str())
             .is_some_and(|e| EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
+}
+
+fn is_subdir(path: &Path) -> bool {
+    !is_hidden(path) && path.is_dir()
 }
 
 fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
@@ -32,6 +51,35 @@ fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
     Ok(out)
 }
 
+fn images_in(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
+    Ok(sorted_entries(dir)?
+        .into_iter()
+        .filter(|p| is_image(p))
+        .collect())
+}
+
+fn has_images(dir: &Path) -> bool {
+    images_in(dir).is_ok_and(|f| !f.is_empty())
+}
+
+/// The class-folder names of `dir` when it is laid out `dir/<class>/*.png` (some subfolder
+/// holds images), including empty class folders; `None` otherwise.
+fn class_names(dir: &Path) -> Result<Option<BTreeSet<String>>, DataError> {
+    let subdirs: Vec<PathBuf> = sorted_entries(dir)?
+        .into_iter()
+        .filter(|p| is_subdir(p))
+        .collect();
+    if !subdirs.iter().any(|d| has_images(d)) {
+        return Ok(None);
+    }
+    Ok(Some(
+        subdirs
+            .iter()
+            .map(|d| d.file_name().unwrap_or_default().to_string_lossy().into())
+            .collect(),
+    ))
+}
+
 /// Whether a folder holds images directly, in class subfolders, or in `train/` and `test/`
 /// split folders laid out either way.
 pub(crate) fn dir_has_images(dir: &Path) -> bool {
@@ -39,7 +87,7 @@ pub(crate) fn dir_has_images(dir: &Path) -> bool {
         sorted_entries(dir).is_ok_and(|entries| {
             entries
                 .iter()
-                .any(|p| is_image(p) || (depth > 0 && p.is_dir() && within(p, depth - 1)))
+                .any(|p| is_image(p) || (depth > 0 && is_subdir(p) && within(p, depth - 1)))
         })
     }
     within(dir, 2)
@@ -55,107 +103,104 @@ fn decode(path: &Path) -> Result<Image, String> {
     Image::from_dynamic(&img).map_err(|e| e.to_string())
 }
 
-fn to_rgb(img: Image) -> Image {
-    if img.channels() == 3 {
-        return img;
-    }
-    let rgb: Vec<u8> = img.data().iter().flat_map(|&v| [v, v, v]).collect();
-    Image::new(img.width(), img.height(), 3, rgb).expect("same size, three channels")
-}
-
-/// Opens an image folder.
-pub fn open(
+/// Opens an image folder (see the module docs for the layout).
+pub(crate) fn open(
     path: &Path,
     split: Split,
     skip_bad_images: bool,
 ) -> Result<InMemoryDataset, DataError> {
-    let split_dir = path.join(split.to_string());
-    let root = if path.join("train").is_dir() && path.join("test").is_dir() {
-        split_dir
+    if !path.is_dir() {
+        return Err(DataError::malformed(
+            path,
+            "an image folder dataset must be a folder (root/<class>/*.png or a flat folder of images), found a file; pass its folder",
+        ));
+    }
+    let split_layout = path.join("train").is_dir() && path.join("test").is_dir();
+    let root = if split_layout {
+        path.join(split.to_string())
     } else {
         path.to_owned()
     };
-    let entries = sorted_entries(&root)?;
-    let class_dirs: Vec<PathBuf> = entries
-        .iter()
-        .filter(|p| p.is_dir() && sorted_entries(p).is_ok_and(|e| e.iter().any(|q| is_image(q))))
-        .cloned()
-        .collect();
-    let flat: Vec<PathBuf> = entries.iter().filter(|p| is_image(p)).cloned().collect();
-    if !class_dirs.is_empty() && !flat.is_empty() {
+    let flat = images_in(&root)?;
+    let classes = class_names(&root)?;
+    if let Some(classes) = &classes
+        && !flat.is_empty()
+    {
         return Err(DataError::malformed(
             &root,
             format!(
                 "mixes {} images at the top level with {} class folders; use either root/<class>/*.png (labelled) or a flat folder of images (unlabelled)",
                 flat.len(),
-                class_dirs.len()
+                classes.len()
             ),
         ));
     }
-    let (files, labels, class_names) = if class_dirs.is_empty() {
-        (flat, None, None)
-    } else {
-        let mut files = Vec::new();
-        let mut labels = Vec::new();
-        for (k, dir) in class_dirs.iter().enumerate() {
-            for f in sorted_entries(dir)?.into_iter().filter(|p| is_image(p)) {
-                files.push(f);
-                labels.push(k as u32);
+    let (files, labels, class_names) = match classes {
+        None => (flat, None, None),
+        Some(mut names) => {
+            if split_layout {
+                let other = match split {
+                    Split::Train => Split::Test,
+                    Split::Test => Split::Train,
+                };
+                if let Some(more) = class_names(&path.join(other.to_string()))? {
+                    names.extend(more);
+                }
             }
+            let names: Vec<String> = names.into_iter().collect();
+            let (mut files, mut labels) = (Vec::new(), Vec::new());
+            for (k, name) in names.iter().enumerate() {
+                let dir = root.join(name);
+                if dir.is_dir() {
+                    for f in images_in(&dir)? {
+                        files.push(f);
+                        labels.push(k as u32);
+                    }
+                }
+            }
+            (files, Some(labels), Some(names))
         }
-        let names = class_dirs
-            .iter()
-            .map(|d| {
-                d.file_name()
-                    .unwrap_or_default()
-                    .to_string_lossy()
-                    .into_owned()
-            })
-            .collect::<Vec<_>>();
-        (files, Some(labels), Some(names))
     };
     if files.is_empty() {
-        return Err(DataError::UnknownFormat {
+        return Err(DataError::NoImages {
             path: root,
-            looked_for: format!(
-                "image files ({}) directly inside or in class subfolders",
-                EXTENSIONS.join(", ")
-            ),
+            extensions: EXTENSIONS.join(", "),
         });
     }
 
     let decoded: Vec<Result<Image, String>> = files.par_iter().map(|f| decode(f)).collect();
     let mut images = Vec::with_capacity(files.len());
     let mut kept_labels = Vec::with_capacity(files.len());
-    let mut names = Vec::with_capacity(files.len());
+    let mut paths = Vec::with_capacity(files.len());
     let mut skipped = Vec::new();
-    for (i, (file, result)) in files.iter().zip(decoded).enumerate() {
+    for (i, (file, result)) in files.into_iter().zip(decoded).enumerate() {
         match result {
             Ok(img) => {
                 images.push(img);
                 if let Some(l) = &labels {
                     kept_labels.push(l[i]);
                 }
-                let rel = file.strip_prefix(&root).unwrap_or(file);
-                names.push(rel.to_string_lossy().into_owned());
+                paths.push(file);
             }
-            Err(reason) if skip_bad_images => skipped.push(Skipped {
-                path: file.clone(),
-                reason,
-            }),
-            Err(reason) => {
-                return Err(DataError::BadImage {
-                    path: file.clone(),
-                    reason,
-                });
-            }
+            Err(reason) if skip_bad_images => skipped.push(Skipped { path: file, reason }),
+            Err(reason) => return Err(DataError::BadImage { path: file, reason }),
         }
     }
-    if images.is_empty() {
-        return Err(DataError::Empty { path: root });
+    if let Some(first) = skipped.first()
+        && images.is_empty()
+    {
+        return Err(DataError::malformed(
+            root,
+            format!(
+                "none of its {} image files could be decoded (first: `{}`: {}); nothing is left to read",
+                skipped.len(),
+                first.path.display(),
+                first.reason
+            ),
+        ));
     }
     if images.iter().any(|i| i.channels() == 3) {
-        images = images.into_iter().map(to_rgb).collect();
+        images = images.iter().map(Image::to_rgb).collect();
     }
     let num_classes = class_names.as_ref().map(Vec::len);
     let mut ds = InMemoryDataset::new(images, labels.map(|_| kept_labels));
@@ -163,7 +208,7 @@ pub fn open(
     ds.format = crate::Format::Folder;
     ds.num_classes = num_classes;
     ds.class_names = class_names;
-    ds.names = Some(names);
+    ds.paths = Some(paths);
     ds.skipped = skipped;
     Ok(ds)
 }

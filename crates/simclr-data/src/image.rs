@@ -117,6 +117,21 @@ impl Image {
         &self.data[i..i + c]
     }
 
+    /// This image with three channels: grayscale values are replicated into R, G and B; an
+    /// RGB image is returned as is (a cheap clone).
+    pub fn to_rgb(&self) -> Self {
+        if self.channels == 3 {
+            return self.clone();
+        }
+        let rgb: Vec<u8> = self.data.iter().flat_map(|&v| [v, v, v]).collect();
+        Self {
+            width: self.width,
+            height: self.height,
+            channels: 3,
+            data: rgb.into(),
+        }
+    }
+
     /// Converts a decoded image of any colour type: grayscale (with or without alpha, any bit
     /// depth) becomes 1 channel, everything else 3-channel RGB. Alpha is dropped.
     pub fn from_dynamic(img: &image::DynamicImage) -> Result<Self, ImageError> {
@@ -183,6 +198,14 @@ mod tests {
         assert_eq!(img.pixel(0, 0), &[0, 1, 2]);
         assert_eq!(img.pixel(1, 0), &[3, 4, 5]);
         assert_eq!(img.pixel(0, 1), &[6, 7, 8]);
+    }
+
+    #[test]
+    fn to_rgb_replicates_gray() {
+        let gray = Image::new(2, 1, 1, vec![5u8, 9]).unwrap();
+        let rgb = gray.to_rgb();
+        assert_eq!((rgb.channels(), rgb.data()), (3, &[5, 5, 5, 9, 9, 9][..]));
+        assert_eq!(rgb.to_rgb(), rgb);
     }
 
     #[test]

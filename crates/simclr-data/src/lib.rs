@@ -5,6 +5,14 @@
 //! Every reader checks its input and fails with a [`DataError`] that names the file and says
 //! what is wrong (truncated file, wrong magic number, count mismatch, undecodable image…):
 //! never a panic, never a silently wrong dataset.
+//!
+//! Every reader decodes the whole dataset at open into an [`InMemoryDataset`]: the datasets
+//! this trainer targets (MNIST, CIFAR-10, small image folders) fit in memory, and random
+//! access during training is then a cheap clone of reference-counted pixels.
+//!
+//! We do not use candle-datasets' MNIST and CIFAR-10 readers: they pull in ~350 crates, want
+//! the exact unzipped file names and exactly 10,000 records per CIFAR file, and report no
+//! file-level errors.
 
 mod cifar;
 mod dataset;
@@ -18,7 +26,7 @@ use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
 
-pub use crate::dataset::{Dataset, InMemoryDataset, Sample, Skipped, channel_stats};
+pub use crate::dataset::{ChannelStats, Dataset, InMemoryDataset, Sample, Skipped, channel_stats};
 pub use crate::error::DataError;
 pub use crate::image::{Image, ImageError};
 
@@ -101,7 +109,10 @@ pub struct OpenOptions {
     pub skip_bad_images: bool,
 }
 
-/// Detects the format of the dataset at `path`.
+/// Detects the format of the dataset at `path`: a file that is (gzipped) IDX images or a
+/// CIFAR-10 batch by name; a folder holding IDX images files, CIFAR-10 batches (directly or in
+/// `cifar-10-batches-bin/`), or image files (directly, in class folders, or in `train/` and
+/// `test/`), checked in that order.
 pub fn detect(path: &Path) -> Result<Format, DataError> {
     if !path.exists() {
         return Err(DataError::NotFound {
@@ -109,9 +120,11 @@ pub fn detect(path: &Path) -> Result<Format, DataError> {
         });
     }
     if path.is_file() {
-        let bytes = idx::read_maybe_gz(path)?;
-        if idx::looks_like_idx_images(&bytes) {
+        if idx::file_is_idx_images(path) {
             return Ok(Format::Idx);
+        }
+        if cifar::is_batch_file(path) {
+            return Ok(Format::Cifar10);
         }
     } else if idx::dir_has_idx(path) {
         return Ok(Format::Idx);
@@ -123,14 +136,29 @@ pub fn detect(path: &Path) -> Result<Format, DataError> {
     Err(DataError::UnknownFormat {
         path: path.to_owned(),
         looked_for: format!(
-            "IDX files (*-images-idx3-ubyte[.gz]), CIFAR-10 batches (data_batch_*.bin, test_batch.bin), or image files ({}) directly inside or in class subfolders",
+            "IDX images (a file starting with magic 0x00000803, or *-images-idx3-ubyte[.gz] in a folder), CIFAR-10 batches (data_batch_*.bin, test_batch.bin), or image files ({}) directly inside, in class subfolders or in train/ and test/",
             folder::EXTENSIONS.join(", ")
         ),
     })
 }
 
-/// Opens the dataset at `path`: a folder or file of IDX files, a folder of CIFAR-10 batches,
-/// or an image folder.
+/// Opens the dataset at `path` (format from `options`, or detected by [`detect`]) and decodes
+/// it into memory.
+///
+/// - **IDX** (MNIST, Fashion-MNIST, EMNIST): a folder with `train-images-idx3-ubyte[.gz]` and
+///   `train-labels-idx1-ubyte[.gz]` (test: `t10k-*` or `test-*`; `-`, `_` or `.` between the
+///   parts), or one images file with its labels file beside it. Gzip is detected by magic
+///   bytes. Without a labels file the set is unlabelled. IDX stores no class count:
+///   `num_classes` is `max(10, largest label + 1)`.
+/// - **CIFAR-10** binary: `data_batch_*.bin` (train) or `test_batch.bin` (test) in the folder
+///   or its `cifar-10-batches-bin/`, or one batch file; any whole number of 3073-byte records;
+///   class names from `batches.meta.txt`.
+/// - **Folder**: `root/<class>/*.{png,jpg,jpeg,bmp,webp}` (labelled; class = index in the
+///   sorted class-folder names, the same for `train/` and `test/`) or a flat folder
+///   (unlabelled); `root/train/` or `root/test/` when both exist. Sorted order; all RGB if any
+///   image is colour, else all grayscale; [`Dataset::item_path`] gives each file.
+///
+/// A single file is read as given, whatever the split.
 pub fn open(path: &Path, options: &OpenOptions) -> Result<InMemoryDataset, DataError> {
     if !path.exists() {
         return Err(DataError::NotFound {

@@ -38,6 +38,19 @@ fn opts(split: Split) -> OpenOptions {
     }
 }
 
+trait WithFormat {
+    fn with_format(self, format: Format) -> Self;
+}
+
+impl WithFormat for OpenOptions {
+    fn with_format(self, format: Format) -> Self {
+        OpenOptions {
+            format: Some(format),
+            ..self
+        }
+    }
+}
+
 fn err_text(e: DataError) -> String {
     let mut s = e.to_string();
     let mut src = std::error::Error::source(&e);
@@ -138,9 +151,93 @@ fn idx_wrong_magic_reports_found_and_expected() {
         &dir.path().join("train-labels-idx1-ubyte"),
         &idx_images(1, 2, 2),
     );
-    let msg = err_text(open(dir.path(), &opts(Split::Train)).unwrap_err());
+    let err = open(dir.path(), &opts(Split::Train)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            DataError::BadMagic {
+                found: 0x803,
+                expected: 0x801,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let msg = err.to_string();
+    assert!(msg.contains("train-labels-idx1-ubyte"), "{msg}");
     assert!(msg.contains("0x00000803"), "{msg}");
     assert!(msg.contains("expected 0x00000801"), "{msg}");
+
+    // And the other way round: a labels file given as the images file.
+    let images = dir.path().join("train-images-idx3-ubyte");
+    write(&images, &idx_labels(&[1, 2]));
+    let err = open(&images, &opts(Split::Train).with_format(Format::Idx)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            DataError::BadMagic {
+                found: 0x801,
+                expected: 0x803,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn idx_trailing_data_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut bytes = idx_images(2, 2, 2);
+    bytes.push(0);
+    write(&dir.path().join("train-images-idx3-ubyte"), &bytes);
+    let err = open(dir.path(), &opts(Split::Train)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            DataError::TrailingData {
+                expected: 8,
+                found: 9,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn idx_other_spellings_and_gzip_by_content_not_name() {
+    let dir = tempfile::tempdir().unwrap();
+    // Kaggle spelling, images gzipped under a raw name, labels raw under a .gz name.
+    let images = dir.path().join("t10k-images.idx3-ubyte");
+    write(&images, &gz(&idx_images(2, 2, 2)));
+    write(
+        &dir.path().join("t10k-labels.idx1-ubyte.gz"),
+        &idx_labels(&[4, 5]),
+    );
+    assert_eq!(detect(dir.path()).unwrap(), Format::Idx);
+    assert_eq!(detect(&images).unwrap(), Format::Idx);
+    let ds = open(dir.path(), &opts(Split::Test)).unwrap();
+    assert_eq!(ds.get(1).label, Some(5));
+    let ds = open(&images, &opts(Split::Train)).unwrap();
+    assert_eq!(
+        ds.get(0).label,
+        Some(4),
+        "labels found beside a single file"
+    );
+
+    // EMNIST: the split is a word inside the name; more than ten classes.
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        &dir.path().join("emnist-letters-train-images-idx3-ubyte.gz"),
+        &gz(&idx_images(2, 2, 2)),
+    );
+    write(
+        &dir.path().join("emnist-letters-train-labels-idx1-ubyte.gz"),
+        &gz(&idx_labels(&[1, 26])),
+    );
+    let ds = open(dir.path(), &opts(Split::Train)).unwrap();
+    assert_eq!(ds.num_classes(), Some(27));
 }
 
 #[test]
@@ -252,11 +349,46 @@ fn cifar_partial_record_and_bad_label_are_errors() {
         "{msg}"
     );
 
-    write(&dir.path().join("data_batch_1.bin"), &cifar_record(12, 0));
-    let msg = open(dir.path(), &opts(Split::Train))
-        .unwrap_err()
-        .to_string();
-    assert!(msg.contains("label 12"), "{msg}");
+    let err = open(dir.path(), &opts(Split::Train)).unwrap_err();
+    assert!(
+        matches!(err, DataError::RecordLength { len: 3173, .. }),
+        "{err:?}"
+    );
+
+    let mut b = cifar_record(1, 0);
+    b.extend(cifar_record(12, 0));
+    write(&dir.path().join("data_batch_1.bin"), &b);
+    let err = open(dir.path(), &opts(Split::Train)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            DataError::LabelOutOfRange {
+                index: 1,
+                label: 12,
+                num_classes: 10,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("data_batch_1.bin"), "{err}");
+}
+
+#[test]
+fn cifar_tarball_folder_and_single_batch_file() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("cifar-10-batches-bin");
+    std::fs::create_dir(&dir).unwrap();
+    write(&dir.join("data_batch_1.bin"), &cifar_record(2, 0));
+    let mut test = cifar_record(3, 0);
+    test.extend(cifar_record(4, 0));
+    write(&dir.join("test_batch.bin"), &test);
+    assert_eq!(detect(root.path()).unwrap(), Format::Cifar10);
+    assert_eq!(open(root.path(), &opts(Split::Test)).unwrap().len(), 2);
+    let file = dir.join("data_batch_1.bin");
+    assert_eq!(detect(&file).unwrap(), Format::Cifar10);
+    let one = open(&file, &opts(Split::Test)).unwrap();
+    assert_eq!((one.len(), one.get(0).label), (1, Some(2)));
 }
 
 fn save_png(path: &Path, w: u32, h: u32, rgb: bool) {
@@ -290,8 +422,8 @@ fn labelled_folder_sorted_classes_and_uniform_channels() {
     );
     assert_eq!(ds.num_classes(), Some(2));
     assert_eq!(
-        ds.item_name(0),
-        Some(Path::new("cat").join("z.png").to_str().unwrap())
+        ds.item_path(0),
+        Some(dir.path().join("cat").join("z.png").as_path())
     );
     assert_eq!(ds.get(0).label, Some(0));
     assert_eq!(ds.get(1).label, Some(1));
@@ -395,10 +527,13 @@ fn bundled_sample_and_assets_folder_agree() {
         assert_eq!(on_disk.len(), n);
         assert_eq!(bundled.images(), on_disk.images());
         assert_eq!(bundled.labels(), on_disk.labels());
-        let img = &bundled.images()[0];
-        assert_eq!((img.width(), img.height(), img.channels()), (28, 28, 1));
+        assert_eq!((on_disk.channels(), on_disk.num_classes()), (1, Some(10)));
+        for img in on_disk.images() {
+            assert_eq!((img.width(), img.height(), img.channels()), (28, 28, 1));
+        }
         let mut seen = [false; 10];
-        for &l in bundled.labels().unwrap() {
+        for &l in on_disk.labels().unwrap() {
+            assert!(l < 10, "label {l} in {split}");
             seen[l as usize] = true;
         }
         assert!(seen.iter().all(|&s| s), "every class appears in {split}");
@@ -406,11 +541,117 @@ fn bundled_sample_and_assets_folder_agree() {
 }
 
 #[test]
-fn channel_stats_of_a_known_dataset() {
+fn channel_stats_of_known_datasets() {
     use simclr_data::{Image, InMemoryDataset, channel_stats};
     // Pixels 0 and 255 in equal number: mean 0.5, std 0.5.
     let img = Image::new(2, 1, 1, vec![0u8, 255]).unwrap();
     let ds = InMemoryDataset::new(vec![img.clone(), img], None);
-    let (mean, std) = channel_stats(&ds);
-    assert!((mean[0] - 0.5).abs() < 1e-12 && (std[0] - 0.5).abs() < 1e-12);
+    let stats = channel_stats(&ds);
+    assert!((stats.mean[0] - 0.5).abs() < 1e-12 && (stats.std[0] - 0.5).abs() < 1e-12);
+
+    // RGB, channels kept apart; compared with a naive two-pass f64 computation.
+    let a = Image::new(2, 1, 3, vec![10u8, 0, 255, 30, 0, 255]).unwrap();
+    let b = Image::new(1, 1, 3, vec![50u8, 0, 255]).unwrap();
+    let stats = channel_stats(&InMemoryDataset::new(vec![a, b], None));
+    let red = [10.0f64, 30.0, 50.0].map(|v| v / 255.0);
+    let m = red.iter().sum::<f64>() / 3.0;
+    let sd = (red.iter().map(|v| (v - m).powi(2)).sum::<f64>() / 3.0).sqrt();
+    assert!((stats.mean[0] - m).abs() < 1e-12 && (stats.std[0] - sd).abs() < 1e-12);
+    assert_eq!((stats.mean[1], stats.std[1]), (0.0, 0.0));
+    assert_eq!((stats.mean[2], stats.std[2]), (1.0, 0.0));
+
+    // The bundled sample is close to full Fashion-MNIST's well-known 0.2860 / 0.3530.
+    let stats = channel_stats(&sample::fashion_mnist(Split::Train).unwrap());
+    assert!((stats.mean[0] - 0.286).abs() < 0.01, "{stats:?}");
+    assert!((stats.std[0] - 0.353).abs() < 0.01, "{stats:?}");
+}
+
+#[test]
+fn split_folders_number_classes_alike() {
+    let root = tempfile::tempdir().unwrap();
+    // test/ lacks class "b" and has "c" empty; train/ lacks "c" entirely.
+    for d in ["train/a", "train/b", "test/a", "test/c"] {
+        std::fs::create_dir_all(root.path().join(d)).unwrap();
+    }
+    save_png(&root.path().join("train/a/1.png"), 2, 2, false);
+    save_png(&root.path().join("train/b/1.png"), 2, 2, false);
+    save_png(&root.path().join("test/a/1.png"), 2, 2, false);
+    let names = ["a", "b", "c"].map(String::from);
+    let train = open(root.path(), &opts(Split::Train)).unwrap();
+    let test = open(root.path(), &opts(Split::Test)).unwrap();
+    for ds in [&train, &test] {
+        assert_eq!(ds.class_names().unwrap(), &names);
+        assert_eq!(ds.num_classes(), Some(3));
+    }
+    assert_eq!(train.labels().unwrap(), &[0, 1]);
+    assert_eq!(test.labels().unwrap(), &[0]);
+}
+
+#[test]
+fn folder_without_images_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("cat")).unwrap();
+    write(&dir.path().join("cat/notes.txt"), b"no images here");
+    let err = open(dir.path(), &opts(Split::Train)).unwrap_err();
+    assert!(matches!(err, DataError::UnknownFormat { .. }), "{err:?}");
+    let err = open(dir.path(), &opts(Split::Train).with_format(Format::Folder)).unwrap_err();
+    assert!(matches!(err, DataError::NoImages { .. }), "{err:?}");
+    assert!(err.to_string().contains("png, jpg"), "{err}");
+
+    // A file where a folder is wanted.
+    let file = dir.path().join("cat/notes.txt");
+    let err = open(&file, &opts(Split::Train).with_format(Format::Folder)).unwrap_err();
+    assert!(matches!(err, DataError::Malformed { .. }), "{err:?}");
+}
+
+/// A PNG whose header declares a 0×1 image (valid chunk CRCs, so only the size is wrong).
+fn zero_width_png() -> Vec<u8> {
+    fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+        out.extend((data.len() as u32).to_be_bytes());
+        let mut crc = flate2::Crc::new();
+        crc.update(kind);
+        crc.update(data);
+        out.extend(kind);
+        out.extend(data);
+        out.extend(crc.sum().to_be_bytes());
+    }
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = Vec::new();
+    ihdr.extend(0u32.to_be_bytes()); // width 0
+    ihdr.extend(1u32.to_be_bytes()); // height 1
+    ihdr.extend([8, 0, 0, 0, 0]); // 8-bit grayscale, no interlace
+    chunk(&mut png, b"IHDR", &ihdr);
+    chunk(&mut png, b"IEND", &[]);
+    png
+}
+
+#[test]
+fn zero_sized_image_file_is_a_bad_image() {
+    let dir = tempfile::tempdir().unwrap();
+    save_png(&dir.path().join("fine.png"), 2, 2, false);
+    write(&dir.path().join("empty.png"), &zero_width_png());
+    let err = open(dir.path(), &opts(Split::Train)).unwrap_err();
+    assert!(
+        matches!(&err, DataError::BadImage { path, .. } if path.ends_with("empty.png")),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn hidden_files_are_ignored_and_all_bad_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    save_png(&dir.path().join("a.png"), 2, 2, false);
+    write(&dir.path().join("._a.png"), b"macOS resource fork");
+    write(&dir.path().join(".DS_Store"), b"junk");
+    assert_eq!(open(dir.path(), &opts(Split::Train)).unwrap().len(), 1);
+
+    let dir = tempfile::tempdir().unwrap();
+    write(&dir.path().join("x.png"), b"not a png");
+    write(&dir.path().join("y.jpg"), b"not a jpeg");
+    let skip = OpenOptions {
+        skip_bad_images: true,
+        ..OpenOptions::default()
+    };
+    let msg = open(dir.path(), &skip).unwrap_err().to_string();
+    assert!(msg.contains("none of its 2 image files"), "{msg}");
 }
