@@ -1,1 +1,175 @@
-//! simclr-model (work in progress)
+//! The SimCLR model for simclr-rs: a ResNet encoder (ResNet-18/34/50, ImageNet or CIFAR stem,
+//! width multiplier, 1 or 3 input channels) and an MLP projection head, on candle.
+//!
+//! Parameters carry torchvision's state-dict names (the head under `projector.`), so encoder
+//! weights exported from simclr-rs load into `torchvision.models.resnet18/50` with only `fc.*`
+//! missing (the CIFAR stem changes `conv1`'s shape only).
+//!
+//! BatchNorm running statistics live in the same [`VarMap`] as the trainable parameters (that
+//! is how candle-nn stores them); [`is_buffer`] tells them apart, so the optimiser is handed
+//! only [`SimClr::trainable_vars`].
+
+mod config;
+mod resnet;
+
+use candle_core::{DType, Device, ModuleT, Result, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, Normal, Uniform};
+
+pub use crate::config::{Arch, ModelConfig, Stem};
+pub use crate::resnet::{Projector, ResNet, max_pool_3x3_s2};
+
+/// Whether the named tensor is a BatchNorm running statistic (saved, never optimised).
+pub fn is_buffer(name: &str) -> bool {
+    name.ends_with("running_mean") || name.ends_with("running_var")
+}
+
+/// Whether the named parameter is excluded from weight decay and from LARS's trust-ratio
+/// adaptation: biases and BatchNorm weights/biases, i.e. every 1-D parameter (SimCLR's and
+/// solo-learn's `exclude_bias_n_norm`).
+pub fn is_bias_or_norm(name: &str, var: &Var) -> bool {
+    !is_buffer(name) && var.rank() == 1
+}
+
+/// The encoder and the projection head.
+pub struct SimClr {
+    /// The ResNet encoder.
+    pub encoder: ResNet,
+    /// The projection head.
+    pub projector: Projector,
+    config: ModelConfig,
+    varmap: VarMap,
+}
+
+impl SimClr {
+    /// Builds the model with torchvision's initialisation drawn from a generator seeded with
+    /// `seed` (candle cannot seed its CPU generator): convolutions Kaiming-normal (fan out,
+    /// ReLU), BatchNorm weight 1 and bias 0, Linear layers PyTorch's default
+    /// `U(−1/√fan_in, 1/√fan_in)` for weights and biases.
+    pub fn new(config: &ModelConfig, device: &Device, seed: u64) -> Result<Self> {
+        config.validate().map_err(candle_core::Error::msg)?;
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
+        let encoder = ResNet::new(config, vb.clone())?;
+        let projector = Projector::new(
+            config.feature_dim(),
+            &config.head_hidden(),
+            config.proj_dim,
+            vb.pp("projector"),
+        )?;
+        let model = Self {
+            encoder,
+            projector,
+            config: config.clone(),
+            varmap,
+        };
+        model.init(seed)?;
+        Ok(model)
+    }
+
+    fn init(&self, seed: u64) -> Result<()> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        for (name, var) in self.named_vars() {
+            let dims = var.dims().to_vec();
+            let n: usize = dims.iter().product();
+            let values: Vec<f32> = if name.ends_with("running_var") {
+                vec![1.0; n]
+            } else if name.ends_with("running_mean") {
+                vec![0.0; n]
+            } else if dims.len() == 4 {
+                let fan_out = dims[0] * dims[2] * dims[3];
+                let normal = Normal::new(0.0, (2.0 / fan_out as f64).sqrt()).expect("positive std");
+                (0..n).map(|_| normal.sample(&mut rng) as f32).collect()
+            } else if name.starts_with("projector") && !self.is_head_bn(&name) {
+                let fan_in = if dims.len() == 2 {
+                    dims[1]
+                } else {
+                    self.head_fan_in(&name)
+                };
+                let bound = 1.0 / (fan_in as f64).sqrt();
+                let u = Uniform::new_inclusive(-bound, bound).expect("valid bounds");
+                (0..n).map(|_| u.sample(&mut rng) as f32).collect()
+            } else if name.ends_with("weight") {
+                vec![1.0; n] // BatchNorm scale
+            } else {
+                vec![0.0; n] // BatchNorm shift
+            };
+            var.set(&Tensor::from_vec(values, dims, var.device())?)?;
+        }
+        Ok(())
+    }
+
+    /// Whether a `projector.<i>.*` name belongs to a BatchNorm (indices 1, 4, 7, …).
+    fn is_head_bn(&self, name: &str) -> bool {
+        name.split('.')
+            .nth(1)
+            .and_then(|i| i.parse::<usize>().ok())
+            .is_some_and(|i| i % 3 == 1)
+    }
+
+    /// Fan-in of a head Linear's bias: the in-width of its weight.
+    fn head_fan_in(&self, name: &str) -> usize {
+        let weight = name.replace(".bias", ".weight");
+        self.varmap
+            .data()
+            .lock()
+            .expect("varmap lock")
+            .get(&weight)
+            .map_or(1, |w| w.dims()[1])
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// Every tensor (parameters and BatchNorm running statistics), sorted by name.
+    pub fn named_vars(&self) -> Vec<(String, Var)> {
+        let data = self.varmap.data().lock().expect("varmap lock");
+        let mut v: Vec<(String, Var)> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// The parameters an optimiser updates (no running statistics), sorted by name.
+    pub fn trainable_vars(&self) -> Vec<(String, Var)> {
+        self.named_vars()
+            .into_iter()
+            .filter(|(n, _)| !is_buffer(n))
+            .collect()
+    }
+
+    /// The underlying map, for saving and loading.
+    pub fn varmap(&self) -> &VarMap {
+        &self.varmap
+    }
+
+    /// Number of trainable scalars, optionally only the encoder's.
+    pub fn num_params(&self, encoder_only: bool) -> usize {
+        self.trainable_vars()
+            .iter()
+            .filter(|(n, _)| !encoder_only || !n.starts_with("projector."))
+            .map(|(_, v)| v.elem_count())
+            .sum()
+    }
+
+    /// The representation `h` (after global average pooling).
+    ///
+    /// # Shapes
+    /// `[B, C, H, W]` → `[B, feature_dim]`.
+    pub fn encode_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.encoder.forward_t(x, train)
+    }
+
+    /// The representation `h` and the projection `z` the loss sees.
+    ///
+    /// # Shapes
+    /// `[B, C, H, W]` → (`[B, feature_dim]`, `[B, proj_dim]`).
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<(Tensor, Tensor)> {
+        let h = self.encode_t(x, train)?;
+        let z = self.projector.forward_t(&h, train)?;
+        Ok((h, z))
+    }
+}
