@@ -1,0 +1,358 @@
+//! The losses against a naive loop written from the paper, closed forms, PyTorch golden
+//! values, central finite differences in f64, and every error.
+
+use candle_core::{DType, Device, Tensor, Var};
+use simclr_loss::{
+    LossConfig, LossKind, contrastive_accuracy, margin_contrastive, nt_xent, nt_xent_gathered,
+    scalar, supcon, triplet_batch_hard, view_labels,
+};
+
+fn t64(rows: &[[f64; 3]]) -> Tensor {
+    let v: Vec<f64> = rows.iter().flatten().copied().collect();
+    Tensor::from_vec(v, (rows.len(), 3), &Device::Cpu).unwrap()
+}
+
+const Z1: [[f64; 3]; 4] = [
+    [0.3, -1.2, 0.5],
+    [1.0, 0.4, -0.2],
+    [-0.7, 0.1, 0.9],
+    [0.2, 0.2, -1.1],
+];
+const Z2: [[f64; 3]; 4] = [
+    [0.5, -0.9, 0.1],
+    [0.8, 0.6, 0.3],
+    [-0.2, -0.4, 1.0],
+    [0.1, 0.9, -0.6],
+];
+const LABELS: [u32; 8] = [0, 1, 0, 2, 0, 1, 2, 2];
+
+fn value(t: &Tensor) -> f64 {
+    t.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap()
+}
+
+/// NT-Xent written straight from Algorithm 1 of the paper: for k in 1..N, views 2k-1 and 2k;
+/// s_ij = cosine; l(i, j) = −log exp(s_ij/τ) / Σ_{k≠i} exp(s_ik/τ); L = 1/2N Σ_k l(2k−1, 2k) + l(2k, 2k−1).
+fn naive_nt_xent(z1: &[Vec<f64>], z2: &[Vec<f64>], tau: f64) -> f64 {
+    let n = z1.len();
+    let mut z: Vec<Vec<f64>> = Vec::new();
+    for k in 0..n {
+        z.push(z1[k].clone());
+        z.push(z2[k].clone());
+    }
+    let cos = |a: &[f64], b: &[f64]| {
+        let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+        let na: f64 = a.iter().map(|x| x * x).sum::<f64>().sqrt();
+        let nb: f64 = b.iter().map(|x| x * x).sum::<f64>().sqrt();
+        dot / (na * nb)
+    };
+    let l = |i: usize, j: usize| {
+        let num = (cos(&z[i], &z[j]) / tau).exp();
+        let den: f64 = (0..2 * n)
+            .filter(|&k| k != i)
+            .map(|k| (cos(&z[i], &z[k]) / tau).exp())
+            .sum();
+        -(num / den).ln()
+    };
+    (0..n)
+        .map(|k| l(2 * k, 2 * k + 1) + l(2 * k + 1, 2 * k))
+        .sum::<f64>()
+        / (2 * n) as f64
+}
+
+fn random(n: usize, d: usize, seed: u64) -> Vec<Vec<f64>> {
+    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..n)
+        .map(|_| {
+            (0..d)
+                .map(|_| {
+                    s ^= s << 13;
+                    s ^= s >> 7;
+                    s ^= s << 17;
+                    (s >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn tensor(v: &[Vec<f64>]) -> Tensor {
+    let d = v[0].len();
+    Tensor::from_vec(v.concat(), (v.len(), d), &Device::Cpu).unwrap()
+}
+
+#[test]
+fn nt_xent_matches_the_papers_algorithm() {
+    for (n, d, tau, seed) in [
+        (4, 3, 0.5, 1),
+        (7, 5, 0.1, 2),
+        (16, 8, 1.0, 3),
+        (3, 2, 0.05, 4),
+    ] {
+        let (a, b) = (random(n, d, seed), random(n, d, seed + 100));
+        let got = value(&nt_xent(&tensor(&a), &tensor(&b), tau).unwrap());
+        let want = naive_nt_xent(&a, &b, tau);
+        assert!(
+            (got - want).abs() < 1e-10,
+            "n={n} tau={tau}: {got} vs {want}"
+        );
+    }
+}
+
+// Golden values (PyTorch 2.15, float64), from this script:
+// import torch, torch.nn.functional as F
+// z1 = torch.tensor([[0.3, -1.2, 0.5], [1.0, 0.4, -0.2], [-0.7, 0.1, 0.9], [0.2, 0.2, -1.1]], dtype=torch.float64)
+// z2 = torch.tensor([[0.5, -0.9, 0.1], [0.8, 0.6, 0.3], [-0.2, -0.4, 1.0], [0.1, 0.9, -0.6]], dtype=torch.float64)
+// def nt_xent(z1, z2, t):  # lightly's NTXentLoss (memory bank off), written out
+//     n = z1.shape[0]
+//     z = F.normalize(torch.cat([z1, z2]), dim=1)
+//     sim = z @ z.t() / t
+//     sim.fill_diagonal_(float("-inf"))
+//     target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)])
+//     return F.cross_entropy(sim, target)
+// for t in (0.5, 0.1):
+//     print(f"ntxent t={t}: {nt_xent(z1, z2, t).item():.15f}")
+// z = F.normalize(torch.cat([z1, z2]), dim=1)
+// labels = torch.tensor([0, 1, 0, 2, 0, 1, 2, 2])
+// def supcon(z, labels, t):
+//     sim = z @ z.t() / t
+//     m = z.shape[0]
+//     eye = torch.eye(m, dtype=torch.bool)
+//     logp = sim.masked_fill(eye, float("-inf")).log_softmax(1)
+//     pos = (labels[:, None] == labels[None, :]) & ~eye
+//     per = -(logp.masked_fill(~pos, 0).sum(1)) / pos.sum(1)
+//     return per[pos.sum(1) > 0].mean()
+// print(f"supcon t=0.3: {supcon(z, labels, 0.3).item():.15f}")
+// d = torch.cdist(z, z)
+// iu = torch.triu_indices(8, 8, 1)
+// same = (labels[iu[0]] == labels[iu[1]])
+// dd = d[iu[0], iu[1]]
+// print(f"contrastive m=1.2: {0.5 * ((dd[same] ** 2).mean() + ((1.2 - dd[~same]).clamp(min=0) ** 2).mean()).item():.15f}")
+// eye = torch.eye(8, dtype=torch.bool)
+// samel = labels[:, None] == labels[None, :]
+// ap = d.masked_fill(~(samel & ~eye), float("-inf")).max(1).values
+// an = d.masked_fill(samel, float("inf")).min(1).values
+// print(f"triplet m=0.3: {(ap - an + 0.3).clamp(min=0).mean().item():.15f}")
+#[test]
+fn golden_values_from_pytorch() {
+    let (z1, z2) = (t64(&Z1), t64(&Z2));
+    assert!((value(&nt_xent(&z1, &z2, 0.5).unwrap()) - 0.744480092554779).abs() < 1e-12);
+    assert!((value(&nt_xent(&z1, &z2, 0.1).unwrap()) - 0.060389729161508).abs() < 1e-12);
+    let both = Tensor::cat(&[&z1, &z2], 0).unwrap();
+    assert!((value(&supcon(&both, &LABELS, 0.3).unwrap()) - 2.599726641596459).abs() < 1e-12);
+    assert!(
+        (value(&margin_contrastive(&both, &LABELS, 1.2).unwrap()) - 0.945892576909061).abs()
+            < 1e-10
+    );
+    assert!(
+        (value(&triplet_batch_hard(&both, &LABELS, 0.3).unwrap()) - 0.857432273125194).abs()
+            < 1e-10
+    );
+    // f32 agrees to f32 precision.
+    let f = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+    assert!((value(&nt_xent(&f(&z1), &f(&z2), 0.5).unwrap()) - 0.744480092554779).abs() < 1e-6);
+}
+
+#[test]
+fn nt_xent_is_symmetric_in_its_views() {
+    let (a, b) = (tensor(&random(9, 6, 5)), tensor(&random(9, 6, 6)));
+    let ab = value(&nt_xent(&a, &b, 0.3).unwrap());
+    let ba = value(&nt_xent(&b, &a, 0.3).unwrap());
+    assert!((ab - ba).abs() < 1e-12, "{ab} vs {ba}");
+}
+
+#[test]
+fn nt_xent_closed_forms() {
+    // Identical embeddings everywhere: all 2N−1 candidates tie, loss = ln(2N − 1).
+    let same = tensor(&vec![vec![0.3, -0.2, 0.9]; 5]);
+    let l = value(&nt_xent(&same, &same, 0.2).unwrap());
+    assert!((l - 9f64.ln()).abs() < 1e-10, "{l}");
+    // Partners equal, different samples orthogonal (z1 = z2 = I_N): the positive scores 1/τ,
+    // the 2N − 2 negatives score 0, so loss = ln(1 + (2N − 2) e^{−1/τ}).
+    let eye: Vec<Vec<f64>> = (0..4)
+        .map(|i| (0..4).map(|j| f64::from(u8::from(i == j))).collect())
+        .collect();
+    let e = tensor(&eye);
+    let l = value(&nt_xent(&e, &e, 0.5).unwrap());
+    assert!(
+        (l - (1.0 + 6.0 * (-2.0f64).exp()).ln()).abs() < 1e-12,
+        "{l}"
+    );
+    // N = 1: each anchor's only candidate is its positive, loss 0.
+    let one =
+        value(&nt_xent(&tensor(&[vec![1.0, 2.0]]), &tensor(&[vec![-3.0, 0.5]]), 0.5).unwrap());
+    assert!(one.abs() < 1e-12, "{one}");
+}
+
+#[test]
+fn gathered_form_averages_to_the_whole_batch_loss() {
+    // Two ranks of n = 3 samples; the mean of their gathered losses is the loss of the
+    // combined 6-sample batch (same anchors, same candidates, same positives).
+    let (a1, a2, b1, b2) = (
+        random(3, 4, 7),
+        random(3, 4, 8),
+        random(3, 4, 9),
+        random(3, 4, 10),
+    );
+    let local_a = tensor(&[a1.clone(), a2.clone()].concat());
+    let local_b = tensor(&[b1.clone(), b2.clone()].concat());
+    let keys = Tensor::cat(&[&local_a, &local_b], 0).unwrap();
+    let la = value(&nt_xent_gathered(&local_a, &keys, 0, 0.4).unwrap());
+    let lb = value(&nt_xent_gathered(&local_b, &keys, 1, 0.4).unwrap());
+    let whole = value(
+        &nt_xent(
+            &tensor(&[a1, b1].concat()),
+            &tensor(&[a2, b2].concat()),
+            0.4,
+        )
+        .unwrap(),
+    );
+    assert!(((la + lb) / 2.0 - whole).abs() < 1e-12, "{la} {lb} {whole}");
+}
+
+#[test]
+fn supcon_with_view_labels_is_nt_xent() {
+    let (a, b) = (tensor(&random(6, 5, 11)), tensor(&random(6, 5, 12)));
+    let both = Tensor::cat(&[&a, &b], 0).unwrap();
+    let s = value(&supcon(&both, &view_labels(6), 0.25).unwrap());
+    let n = value(&nt_xent(&a, &b, 0.25).unwrap());
+    assert!((s - n).abs() < 1e-12, "{s} vs {n}");
+}
+
+#[test]
+fn stable_at_low_temperature_and_large_batches() {
+    let n = 2048; // 4096 views
+    let a = Tensor::randn(0f32, 1.0, (n, 128), &Device::Cpu).unwrap();
+    let b = (&a + Tensor::randn(0f32, 0.1, (n, 128), &Device::Cpu).unwrap()).unwrap();
+    let av = Var::from_tensor(&a).unwrap();
+    let loss = nt_xent(av.as_tensor(), &b, 0.05).unwrap();
+    let l = scalar(&loss).unwrap();
+    assert!(l.is_finite() && l >= 0.0, "{l}");
+    let g = loss
+        .backward()
+        .unwrap()
+        .get(&av)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap();
+    assert!(scalar(&g).unwrap().is_finite());
+    // A far temperature too.
+    assert!(scalar(&nt_xent(&a, &b, 1.0).unwrap()).unwrap().is_finite());
+}
+
+/// Central finite differences of `f` at `x` against its autograd gradient, in f64.
+fn check_grad(f: &dyn Fn(&Tensor) -> Tensor, x: &[Vec<f64>]) {
+    let v = Var::from_tensor(&tensor(x)).unwrap();
+    let g = f(v.as_tensor())
+        .backward()
+        .unwrap()
+        .get(&v)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap();
+    let flat = x.concat();
+    let d = x[0].len();
+    for i in 0..flat.len() {
+        let at = |delta: f64| {
+            let mut p = flat.clone();
+            p[i] += delta;
+            value(&f(&Tensor::from_vec(p, (x.len(), d), &Device::Cpu).unwrap()))
+        };
+        let fd = (at(1e-6) - at(-1e-6)) / 2e-6;
+        assert!(
+            (fd - g[i]).abs() < 1e-6 * (1.0 + fd.abs()),
+            "element {i}: fd {fd}, autograd {}",
+            g[i]
+        );
+    }
+}
+
+#[test]
+fn gradients_match_finite_differences() {
+    let x = random(8, 4, 21);
+    let other = tensor(&random(4, 4, 22));
+    check_grad(
+        &|t| {
+            nt_xent(
+                &t.narrow(0, 0, 4).unwrap(),
+                &t.narrow(0, 4, 4).unwrap(),
+                0.3,
+            )
+            .unwrap()
+        },
+        &x,
+    );
+    check_grad(
+        &|t| nt_xent(t.narrow(0, 0, 4).as_ref().unwrap(), &other, 0.7).unwrap(),
+        &x[..4],
+    );
+    check_grad(
+        &|t| nt_xent_gathered(&t.narrow(0, 4, 4).unwrap(), t, 1, 0.5).unwrap(),
+        &x,
+    );
+    check_grad(&|t| supcon(t, &LABELS, 0.3).unwrap(), &x);
+    check_grad(&|t| margin_contrastive(t, &LABELS, 1.2).unwrap(), &x);
+    check_grad(&|t| triplet_batch_hard(t, &LABELS, 0.3).unwrap(), &x);
+}
+
+#[test]
+fn contrastive_accuracy_counts_partners_found() {
+    // Views 0 and 1 of sample 0 point the same way; sample 1's views are far apart, and its
+    // view in z2 is closest to sample 0's views.
+    let z1 = tensor(&[vec![1.0, 0.0], vec![0.0, 1.0]]);
+    let z2 = tensor(&[vec![1.0, 0.1], vec![0.9, -0.5]]);
+    // Anchors: z1[0] → z2[0] ✓; z1[1] → nearest is z2[0] (cos 0.0995) vs z2[1] (−0.486) ✗;
+    // z2[0] → z1[0] ✓; z2[1] → z1[0] (0.874) ✗. Accuracy 2/4.
+    assert_eq!(contrastive_accuracy(&z1, &z2).unwrap(), 0.5);
+    assert_eq!(contrastive_accuracy(&z1, &z1).unwrap(), 1.0);
+}
+
+#[test]
+fn loss_config_dispatches_and_needs_labels_for_supcon() {
+    let (a, b) = (tensor(&random(5, 4, 31)), tensor(&random(5, 4, 32)));
+    let mut cfg = LossConfig {
+        temperature: 0.3,
+        ..LossConfig::default()
+    };
+    assert_eq!(
+        value(&cfg.compute(&a, &b, None).unwrap()),
+        value(&nt_xent(&a, &b, 0.3).unwrap())
+    );
+    cfg.kind = LossKind::SupCon;
+    let err = cfg.compute(&a, &b, None).unwrap_err().to_string();
+    assert!(err.contains("class labels"), "{err}");
+    let both = Tensor::cat(&[&a, &b], 0).unwrap();
+    let labels = [0, 1, 0, 1, 2];
+    let l2: Vec<u32> = labels.iter().chain(&labels).copied().collect();
+    assert_eq!(
+        value(&cfg.compute(&a, &b, Some(&labels)).unwrap()),
+        value(&supcon(&both, &l2, 0.3).unwrap())
+    );
+    for kind in [LossKind::Contrastive, LossKind::Triplet] {
+        cfg.kind = kind;
+        assert!(value(&cfg.compute(&a, &b, None).unwrap()).is_finite());
+    }
+    assert_eq!("NT-Xent".parse::<LossKind>().unwrap(), LossKind::NtXent);
+    assert!("byol".parse::<LossKind>().is_err());
+}
+
+#[test]
+fn bad_arguments_are_clear_errors() {
+    let (a, b) = (t64(&Z1), t64(&Z2));
+    let msg = |r: candle_core::Result<Tensor>| r.unwrap_err().to_string();
+    assert!(msg(nt_xent(&a, &b, 0.0)).contains("temperature"));
+    assert!(msg(nt_xent(&a, &b, f64::NAN)).contains("temperature"));
+    assert!(msg(nt_xent(&a, &b.narrow(0, 0, 3).unwrap(), 0.5)).contains("same shape"));
+    let empty = Tensor::zeros((0, 3), DType::F64, &Device::Cpu).unwrap();
+    assert!(msg(nt_xent(&empty, &empty, 0.5)).contains("empty"));
+    let rank3 = Tensor::zeros((2, 2, 3), DType::F64, &Device::Cpu).unwrap();
+    assert!(msg(nt_xent(&rank3, &rank3, 0.5)).contains("rank 2"));
+    assert!(msg(nt_xent_gathered(&a, &b.narrow(0, 0, 3).unwrap(), 0, 0.5)).contains("world"));
+    assert!(msg(supcon(&a, &[0, 1, 2], 0.5)).contains("labels"));
+    assert!(msg(supcon(&a, &[0, 1, 2, 3], 0.5)).contains("unique"));
+    assert!(msg(margin_contrastive(&a, &[0, 0, 1, 1], -1.0)).contains("margin"));
+    assert!(msg(triplet_batch_hard(&a, &[0, 0, 0, 0], 0.2)).contains("negative"));
+}
