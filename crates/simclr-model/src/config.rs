@@ -121,6 +121,18 @@ impl ModelConfig {
         }
     }
 
+    /// A one-line description, e.g. `resnet18, cifar stem, width 0.25, 1 channel`.
+    pub fn describe(&self) -> String {
+        format!(
+            "{}, {} stem, width {}, {} channel{}",
+            self.arch,
+            self.stem,
+            self.width,
+            self.in_channels,
+            if self.in_channels == 1 { "" } else { "s" }
+        )
+    }
+
     /// ResNet-50 with the ImageNet stem, 3 channels, SimCLR's 2048→2048→128 head.
     pub fn resnet50_imagenet() -> Self {
         Self {

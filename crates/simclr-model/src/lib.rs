@@ -10,9 +10,12 @@
 //! only [`SimClr::trainable_vars`].
 
 mod config;
+pub mod io;
 mod resnet;
 
-use candle_core::{DType, Device, ModuleT, Result, Tensor, Var};
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, ModuleT, Result, Tensor, Var, bail};
 use candle_nn::{VarBuilder, VarMap};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -139,6 +142,48 @@ impl SimClr {
             .into_iter()
             .filter(|(n, _)| !is_buffer(n))
             .collect()
+    }
+
+    /// Every tensor (parameters and running statistics) by name, for saving.
+    pub fn tensors(&self) -> Vec<(String, Tensor)> {
+        self.named_vars()
+            .into_iter()
+            .map(|(n, v)| (n, v.as_tensor().clone()))
+            .collect()
+    }
+
+    /// Sets every tensor from `tensors` (extra entries are ignored). With `with_head` false,
+    /// the projection head may be absent (an exported encoder) and is left as it is.
+    ///
+    /// # Errors
+    /// A missing tensor or one whose shape differs, naming it: the usual sign of weights
+    /// from another architecture, width or stem.
+    pub fn load_tensors(&self, tensors: &HashMap<String, Tensor>, with_head: bool) -> Result<()> {
+        let mut missing = Vec::new();
+        for (name, var) in self.named_vars() {
+            match tensors.get(&name) {
+                Some(t) if t.dims() == var.dims() => {
+                    var.set(&t.to_device(var.device())?.to_dtype(var.dtype())?)?
+                }
+                Some(t) => bail!(
+                    "tensor `{name}` has shape {:?}, this model ({}) expects {:?}",
+                    t.dims(),
+                    self.config.describe(),
+                    var.dims()
+                ),
+                None if !with_head && name.starts_with("projector.") => {}
+                None => missing.push(name),
+            }
+        }
+        if !missing.is_empty() {
+            bail!(
+                "{} tensors of this model ({}) are missing, first `{}`",
+                missing.len(),
+                self.config.describe(),
+                missing[0]
+            )
+        }
+        Ok(())
     }
 
     /// The underlying map, for saving and loading.
