@@ -1,1 +1,17 @@
-//! simclr-train (work in progress)
+//! SimCLR pretraining for simclr-rs: the background data [`loader`], the [`optim`]isers
+//! candle-nn lacks (LARS, momentum SGD, AdamW with bias/norm exclusion), the learning-rate
+//! [`schedule`], and the [`trainer`] loop that writes metrics and safetensors checkpoints
+//! from which a run resumes exactly.
+
+pub mod config;
+pub mod loader;
+pub mod optim;
+pub mod schedule;
+pub mod trainer;
+
+pub use crate::config::TrainConfig;
+pub use crate::optim::{OptimConfig, OptimizerKind, StatefulOptimizer};
+pub use crate::schedule::{LrScaling, Schedule};
+pub use crate::trainer::{
+    CHECKPOINT_FORMAT, EpochMetrics, Event, Outcome, StepMetrics, Summary, TrainError, Trainer,
+};

@@ -1,0 +1,675 @@
+//! The pretraining loop: batches from the background [`Loader`], forward in training mode,
+//! the loss, backward, one gradient-reduction point, the optimiser step with the scheduled
+//! learning rate; metrics to `metrics.jsonl` and checkpoints to the run directory.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use candle_core::backprop::GradStore;
+use candle_core::{Device, Tensor, Var};
+use serde::Serialize;
+use simclr_augment::AugmentConfig;
+use simclr_data::Dataset;
+use simclr_loss::{LossConfig, contrastive_accuracy, scalar};
+use simclr_model::io::{self, SafetensorsFile};
+use simclr_model::{ModelConfig, SimClr};
+
+use crate::config::TrainConfig;
+use crate::loader::{Loader, LoaderConfig, steps_per_epoch};
+use crate::optim::{self, StatefulOptimizer};
+use crate::schedule::Schedule;
+
+/// The `format` metadata value of a training checkpoint.
+pub const CHECKPOINT_FORMAT: &str = "simclr-rs/checkpoint/1";
+
+/// What stops a run.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// An option out of range, or options that do not fit the data.
+    #[error("{0}")]
+    Config(String),
+    /// The run directory or a checkpoint could not be written or read.
+    #[error(transparent)]
+    Io(#[from] io::IoError),
+    /// A file in the run directory could not be written.
+    #[error("{path}: {source}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The loss became NaN or infinite.
+    #[error(
+        "the loss became {loss} at epoch {epoch}, step {step}; stopped without saving \
+         (the last good checkpoint is {last}). Try a lower --lr or a larger --temperature"
+    )]
+    NonFinite {
+        /// The loss.
+        loss: f32,
+        /// Epoch (1-based).
+        epoch: u64,
+        /// Global step (1-based).
+        step: u64,
+        /// The last checkpoint written, or a note that there is none.
+        last: String,
+    },
+    /// The augmentation pipeline failed.
+    #[error("building a batch: {0}")]
+    Augment(#[from] simclr_augment::AugmentError),
+    /// A tensor operation failed.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+type Result<T> = std::result::Result<T, TrainError>;
+
+/// Metrics of one step, as written to `metrics.jsonl`.
+#[derive(Clone, Debug, Serialize)]
+pub struct StepMetrics {
+    /// Epoch (1-based).
+    pub epoch: u64,
+    /// Global step (1-based).
+    pub step: u64,
+    /// Step within the epoch (1-based).
+    pub step_in_epoch: u64,
+    /// Steps per epoch.
+    pub steps_per_epoch: u64,
+    /// The loss.
+    pub loss: f32,
+    /// Contrastive top-1 accuracy: share of views whose partner is their most similar view.
+    pub acc: f32,
+    /// Learning rate used by this step.
+    pub lr: f64,
+    /// Views per second of this step (data wait included).
+    pub views_per_s: f64,
+    /// Seconds this step waited for its batch.
+    pub data_wait_s: f64,
+}
+
+/// Metrics of one finished epoch.
+#[derive(Clone, Debug, Serialize)]
+pub struct EpochMetrics {
+    /// Always `"epoch"`, to tell these lines apart in `metrics.jsonl`.
+    pub event: &'static str,
+    /// Epoch (1-based).
+    pub epoch: u64,
+    /// Global step at its end.
+    pub step: u64,
+    /// Mean loss over the epoch's steps run in this process.
+    pub loss: f32,
+    /// Mean contrastive accuracy.
+    pub acc: f32,
+    /// Images per second.
+    pub images_per_s: f64,
+    /// Share of the epoch's time spent waiting for batches.
+    pub data_wait_share: f64,
+    /// Seconds.
+    pub seconds: f64,
+}
+
+/// What the loop reports as it goes.
+#[derive(Debug)]
+pub enum Event<'a> {
+    /// A step finished.
+    Step(&'a StepMetrics),
+    /// An epoch finished.
+    Epoch(&'a EpochMetrics),
+    /// A checkpoint was written.
+    Checkpoint(&'a Path),
+}
+
+/// How a run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every epoch ran.
+    Finished,
+    /// `max_steps` was reached.
+    MaxSteps,
+    /// The stop flag was raised (Ctrl-C); a checkpoint was saved.
+    Interrupted,
+}
+
+/// The summary of a [`Trainer::run`].
+#[derive(Clone, Debug)]
+pub struct Summary {
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Loss of the first step run.
+    pub first_loss: Option<f32>,
+    /// Loss of the last step run.
+    pub last_loss: Option<f32>,
+    /// Steps run in this call.
+    pub steps: u64,
+    /// Images per second over the call.
+    pub images_per_s: f64,
+    /// Share of the time spent waiting for batches.
+    pub data_wait_share: f64,
+    /// The last checkpoint written.
+    pub checkpoint: Option<PathBuf>,
+}
+
+/// A pretraining run in progress.
+pub struct Trainer {
+    config: TrainConfig,
+    model: SimClr,
+    params: Vec<(String, Var)>,
+    optimizer: Box<dyn StatefulOptimizer + Send>,
+    schedule: Schedule,
+    loss: LossConfig,
+    augment: AugmentConfig,
+    dataset: Arc<dyn Dataset>,
+    out: PathBuf,
+    device: Device,
+    steps_per_epoch: u64,
+    /// Epoch of the next batch (0-based).
+    epoch: u64,
+    /// Step within `epoch` of the next batch (0-based).
+    step_in_epoch: u64,
+    last_checkpoint: Option<PathBuf>,
+}
+
+impl Trainer {
+    /// Prepares a fresh run in `out`: checks the options against the data, creates the
+    /// directory and writes `config.json`, all before any training.
+    pub fn new(
+        config: TrainConfig,
+        dataset: Arc<dyn Dataset>,
+        out: &Path,
+        device: &Device,
+    ) -> Result<Self> {
+        let trainer = Self::build(config, dataset, out, device)?;
+        let json = serde_json::to_string_pretty(&trainer.config).expect("config serialises");
+        let path = out.join("config.json");
+        io::write_atomic(&path, format!("{json}\n").as_bytes())?;
+        Ok(trainer)
+    }
+
+    /// Continues the run saved in `checkpoint`, writing to `out` (usually the checkpoint's
+    /// directory). `overrides` may change `epochs` and `max_steps`; changing `epochs`
+    /// changes the schedule, so only `max_steps` keeps the run identical to an
+    /// uninterrupted one.
+    pub fn resume(
+        checkpoint: &Path,
+        overrides: impl FnOnce(&mut TrainConfig),
+        dataset: Arc<dyn Dataset>,
+        out: &Path,
+        device: &Device,
+    ) -> Result<Self> {
+        let file = SafetensorsFile::load(checkpoint, device)?;
+        let meta_err = |reason: String| {
+            TrainError::Io(io::IoError::Metadata {
+                path: checkpoint.to_owned(),
+                reason,
+            })
+        };
+        let format = file.meta("format")?;
+        if format != CHECKPOINT_FORMAT {
+            return Err(meta_err(format!(
+                "this is a `{format}` file, not a training checkpoint ({CHECKPOINT_FORMAT})"
+            )));
+        }
+        let mut config: TrainConfig = serde_json::from_str(file.meta("config")?)
+            .map_err(|e| meta_err(format!("metadata `config` is not a valid run config: {e}")))?;
+        overrides(&mut config);
+        let number = |key: &str| -> Result<u64> {
+            file.meta(key)?
+                .parse()
+                .map_err(|e| meta_err(format!("metadata `{key}`: {e}")))
+        };
+        let (epoch, step_in_epoch) = (number("epoch")?, number("step_in_epoch")?);
+        let optimizer_steps = number("optimizer_steps")?;
+        let mut trainer = Self::build(config, dataset, out, device)?;
+        trainer
+            .model
+            .load_tensors(&file.tensors, true)
+            .map_err(|e| meta_err(e.to_string()))?;
+        let state = trainer
+            .params
+            .iter()
+            .map(|(name, _)| {
+                let prefix = format!("optimizer.{name}.");
+                file.tensors
+                    .iter()
+                    .filter_map(|(k, t)| {
+                        k.strip_prefix(&prefix)
+                            .map(|slot| (slot.to_string(), t.clone()))
+                    })
+                    .collect()
+            })
+            .collect();
+        trainer
+            .optimizer
+            .load_state(state, optimizer_steps)
+            .map_err(|e| meta_err(e.to_string()))?;
+        trainer.epoch = epoch;
+        trainer.step_in_epoch = step_in_epoch;
+        trainer.last_checkpoint = Some(checkpoint.to_owned());
+        let json = serde_json::to_string_pretty(&trainer.config).expect("config serialises");
+        io::write_atomic(&out.join("config.json"), format!("{json}\n").as_bytes())?;
+        Ok(trainer)
+    }
+
+    fn build(
+        config: TrainConfig,
+        dataset: Arc<dyn Dataset>,
+        out: &Path,
+        device: &Device,
+    ) -> Result<Self> {
+        config.validate().map_err(TrainError::Config)?;
+        let channels = dataset.channels();
+        let spe = steps_per_epoch(dataset.len(), config.batch_size);
+        if spe == 0 {
+            return Err(TrainError::Config(format!(
+                "the dataset has {} images, fewer than one batch of {}: lower --batch-size",
+                dataset.len(),
+                config.batch_size
+            )));
+        }
+        if config.loss == simclr_loss::LossKind::SupCon && dataset.num_classes().is_none() {
+            return Err(TrainError::Config(
+                "--loss supcon needs class labels, and this dataset has none".into(),
+            ));
+        }
+        std::fs::create_dir_all(out).map_err(|source| TrainError::File {
+            path: out.to_owned(),
+            source,
+        })?;
+        let model = SimClr::new(&config.model(usize::from(channels)), device, config.seed)?;
+        let params = model.trainable_vars();
+        let optimizer = optim::build(
+            config.optimizer,
+            params.iter().map(|(_, v)| v.clone()).collect(),
+            config.optim(),
+        )?;
+        let total = spe * config.epochs;
+        let warmup = (config.warmup_epochs * spe as f64).round() as u64;
+        let schedule = Schedule::new(
+            config.lr,
+            config.lr_scaling,
+            config.batch_size,
+            warmup,
+            total,
+        );
+        let augment = config.augment(channels);
+        augment
+            .validate()
+            .map_err(|e| TrainError::Config(e.to_string()))?;
+        Ok(Self {
+            loss: config.loss(),
+            model,
+            params,
+            optimizer,
+            schedule,
+            augment,
+            dataset,
+            out: out.to_owned(),
+            device: device.clone(),
+            steps_per_epoch: spe,
+            epoch: 0,
+            step_in_epoch: 0,
+            last_checkpoint: None,
+            config,
+        })
+    }
+
+    /// The resolved configuration.
+    pub fn config(&self) -> &TrainConfig {
+        &self.config
+    }
+
+    /// The model being trained.
+    pub fn model(&self) -> &SimClr {
+        &self.model
+    }
+
+    /// The augmentation pipeline.
+    pub fn augment(&self) -> &AugmentConfig {
+        &self.augment
+    }
+
+    /// Full batches per epoch.
+    pub fn steps_per_epoch(&self) -> u64 {
+        self.steps_per_epoch
+    }
+
+    /// Steps taken so far (including those before a resume).
+    pub fn global_step(&self) -> u64 {
+        self.epoch * self.steps_per_epoch + self.step_in_epoch
+    }
+
+    /// Changes where the run stops (the schedule still spans `epochs`).
+    pub fn set_max_steps(&mut self, max_steps: Option<u64>) {
+        self.config.max_steps = max_steps;
+    }
+
+    /// The learning-rate schedule.
+    pub fn schedule(&self) -> &Schedule {
+        &self.schedule
+    }
+
+    /// The one place gradients are combined across processes before the update. A single
+    /// process has nothing to combine; data-parallel training all-reduces (averages) every
+    /// gradient here.
+    fn reduce_gradients(&self, grads: GradStore) -> Result<GradStore> {
+        Ok(grads)
+    }
+
+    /// Trains until the last epoch, `max_steps`, or until `stop` is raised, reporting to
+    /// `observe`.
+    pub fn run(&mut self, stop: &AtomicBool, observe: &mut dyn FnMut(Event)) -> Result<Summary> {
+        let mut metrics = self.open_metrics()?;
+        let max_steps = self.config.max_steps.unwrap_or(u64::MAX);
+        let loader = Loader::start(
+            self.dataset.clone(),
+            self.augment.clone(),
+            LoaderConfig {
+                batch_size: self.config.batch_size,
+                seed: self.config.seed,
+                prefetch: self.config.prefetch,
+                workers: self.config.workers,
+            },
+            (self.epoch, self.step_in_epoch),
+            self.config.epochs,
+        );
+        let mut loader = loader;
+        let started = Instant::now();
+        let mut summary = Summary {
+            outcome: Outcome::Finished,
+            first_loss: None,
+            last_loss: None,
+            steps: 0,
+            images_per_s: 0.0,
+            data_wait_share: 0.0,
+            checkpoint: None,
+        };
+        let mut epoch_acc = EpochAccumulator::new(loader.waited());
+        while self.epoch < self.config.epochs {
+            if self.global_step() >= max_steps {
+                summary.outcome = Outcome::MaxSteps;
+                break;
+            }
+            if stop.load(Ordering::SeqCst) {
+                summary.outcome = Outcome::Interrupted;
+                break;
+            }
+            let t = Instant::now();
+            let waited_before = loader.waited();
+            let Some(batch) = loader.next() else {
+                break;
+            };
+            let batch = batch?;
+            debug_assert_eq!(
+                (batch.epoch, batch.step_in_epoch),
+                (self.epoch, self.step_in_epoch)
+            );
+            let wait = loader.waited() - waited_before;
+            let lr = self.schedule.lr(self.global_step());
+            let (loss, acc) = self.step(
+                &batch.views.data,
+                batch.views.shape,
+                batch.labels.as_deref(),
+                lr,
+            )?;
+            let elapsed = t.elapsed().as_secs_f64();
+            self.step_in_epoch += 1;
+            let m = StepMetrics {
+                epoch: self.epoch + 1,
+                step: self.global_step(),
+                step_in_epoch: self.step_in_epoch,
+                steps_per_epoch: self.steps_per_epoch,
+                loss,
+                acc,
+                lr,
+                views_per_s: batch.views.shape[0] as f64 / elapsed,
+                data_wait_s: wait.as_secs_f64(),
+            };
+            write_line(&mut metrics, &m, &self.out)?;
+            observe(Event::Step(&m));
+            summary.first_loss.get_or_insert(loss);
+            summary.last_loss = Some(loss);
+            summary.steps += 1;
+            epoch_acc.add(loss, acc);
+            if self.step_in_epoch == self.steps_per_epoch {
+                let em = epoch_acc.finish(
+                    self.epoch + 1,
+                    self.global_step(),
+                    self.config.batch_size,
+                    loader.waited(),
+                );
+                write_line(&mut metrics, &em, &self.out)?;
+                observe(Event::Epoch(&em));
+                self.epoch += 1;
+                self.step_in_epoch = 0;
+                epoch_acc = EpochAccumulator::new(loader.waited());
+                let last = self.epoch == self.config.epochs;
+                if last || self.epoch.is_multiple_of(self.config.save_every) {
+                    let path = self.save_checkpoint(true)?;
+                    observe(Event::Checkpoint(&path));
+                }
+            }
+        }
+        let total = started.elapsed();
+        let waited = loader.waited();
+        drop(loader);
+        if summary.outcome != Outcome::Finished || self.step_in_epoch != 0 {
+            // Stopped mid-run: save where we are so that --resume continues from here.
+            if summary.steps > 0 || self.last_checkpoint.is_none() {
+                let path = self.save_checkpoint(false)?;
+                observe(Event::Checkpoint(&path));
+            }
+        }
+        summary.images_per_s =
+            (summary.steps as usize * self.config.batch_size) as f64 / total.as_secs_f64();
+        summary.data_wait_share = waited.as_secs_f64() / total.as_secs_f64().max(1e-9);
+        summary.checkpoint = self.last_checkpoint.clone();
+        metrics.flush().map_err(|source| TrainError::File {
+            path: self.out.join("metrics.jsonl"),
+            source,
+        })?;
+        Ok(summary)
+    }
+
+    /// One optimisation step on a `[2N, C, H, W]` view batch; returns loss and accuracy.
+    fn step(
+        &mut self,
+        data: &[f32],
+        shape: [usize; 4],
+        labels: Option<&[u32]>,
+        lr: f64,
+    ) -> Result<(f32, f32)> {
+        let x = Tensor::from_slice(data, shape.as_slice(), &self.device)?;
+        let (_, z) = self.model.forward_t(&x, true)?;
+        let n = shape[0] / 2;
+        let (z1, z2) = (z.narrow(0, 0, n)?, z.narrow(0, n, n)?);
+        let loss = self.loss.compute(&z1, &z2, labels)?;
+        let value = scalar(&loss)?;
+        if !value.is_finite() {
+            return Err(TrainError::NonFinite {
+                loss: value,
+                epoch: self.epoch + 1,
+                step: self.global_step() + 1,
+                last: self.last_checkpoint.as_ref().map_or_else(
+                    || "none: no checkpoint was written yet".into(),
+                    |p| p.display().to_string(),
+                ),
+            });
+        }
+        let acc = contrastive_accuracy(&z1.detach(), &z2.detach())?;
+        let grads = self.reduce_gradients(loss.backward()?)?;
+        self.optimizer.set_learning_rate(lr);
+        self.optimizer.step(&grads)?;
+        Ok((value, acc))
+    }
+
+    fn open_metrics(&self) -> Result<BufWriter<File>> {
+        let path = self.out.join("metrics.jsonl");
+        let f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|source| TrainError::File { path, source })?;
+        Ok(BufWriter::new(f))
+    }
+
+    /// The checkpoint's tensors: the model's (torchvision names, running statistics
+    /// included) and the optimiser's state as `optimizer.<parameter>.<slot>`.
+    fn checkpoint_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut tensors = self.model.tensors();
+        for ((name, _), slots) in self.params.iter().zip(self.optimizer.state()) {
+            for (slot, t) in slots {
+                tensors.push((format!("optimizer.{name}.{slot}"), t));
+            }
+        }
+        tensors
+    }
+
+    /// The checkpoint's metadata.
+    pub fn checkpoint_metadata(&self) -> BTreeMap<String, String> {
+        checkpoint_metadata(
+            &self.config,
+            self.model.config(),
+            &self.augment,
+            [self.epoch, self.step_in_epoch, self.global_step()],
+            self.optimizer.steps(),
+        )
+    }
+
+    /// Writes `last.safetensors` and, at epoch ends, `epoch-NNNN.safetensors`, deleting
+    /// numbered checkpoints beyond `keep_last`. Returns the path of the last one written.
+    pub fn save_checkpoint(&mut self, numbered: bool) -> Result<PathBuf> {
+        let last = self.out.join("last.safetensors");
+        let bytes = io::to_bytes(
+            &last,
+            &self.checkpoint_tensors(),
+            &self.checkpoint_metadata(),
+        )?;
+        let mut written = last.clone();
+        if numbered {
+            let path = self
+                .out
+                .join(format!("epoch-{:04}.safetensors", self.epoch));
+            io::write_atomic(&path, &bytes)?;
+            self.prune();
+            written = path;
+        }
+        io::write_atomic(&last, &bytes)?;
+        self.last_checkpoint = Some(last);
+        Ok(written)
+    }
+
+    fn prune(&self) {
+        let Ok(dir) = std::fs::read_dir(&self.out) else {
+            return;
+        };
+        let mut numbered: Vec<PathBuf> = dir
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("epoch-") && n.ends_with(".safetensors"))
+            })
+            .collect();
+        numbered.sort();
+        let excess = numbered.len().saturating_sub(self.config.keep_last);
+        for p in &numbered[..excess] {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// The metadata written into every training checkpoint: enough for `simclr inspect`,
+/// `simclr export` and `--resume` to need nothing else.
+pub fn checkpoint_metadata(
+    config: &TrainConfig,
+    model: &ModelConfig,
+    augment: &AugmentConfig,
+    [epoch, step_in_epoch, global_step]: [u64; 3],
+    optimizer_steps: u64,
+) -> BTreeMap<String, String> {
+    let json = |v: &dyn erased::Json| v.json();
+    BTreeMap::from([
+        ("format".into(), CHECKPOINT_FORMAT.into()),
+        ("simclr_version".into(), env!("CARGO_PKG_VERSION").into()),
+        ("config".into(), json(config)),
+        ("model".into(), json(model)),
+        ("image_size".into(), augment.height.to_string()),
+        ("normalize_mean".into(), json(&augment.mean)),
+        ("normalize_std".into(), json(&augment.std)),
+        ("epoch".into(), epoch.to_string()),
+        ("step_in_epoch".into(), step_in_epoch.to_string()),
+        ("global_step".into(), global_step.to_string()),
+        ("optimizer".into(), config.optimizer.to_string()),
+        ("optimizer_steps".into(), optimizer_steps.to_string()),
+        ("seed".into(), config.seed.to_string()),
+    ])
+}
+
+mod erased {
+    /// Object-safe JSON serialisation, for building metadata maps.
+    pub trait Json {
+        fn json(&self) -> String;
+    }
+
+    impl<T: serde::Serialize> Json for T {
+        fn json(&self) -> String {
+            serde_json::to_string(self).expect("metadata serialises")
+        }
+    }
+}
+
+fn write_line(w: &mut BufWriter<File>, value: &impl Serialize, out: &Path) -> Result<()> {
+    let line = serde_json::to_string(value).expect("metrics serialise");
+    writeln!(w, "{line}")
+        .and_then(|()| w.flush())
+        .map_err(|source| TrainError::File {
+            path: out.join("metrics.jsonl"),
+            source,
+        })
+}
+
+struct EpochAccumulator {
+    started: Instant,
+    waited_at_start: Duration,
+    loss: f64,
+    acc: f64,
+    steps: u64,
+}
+
+impl EpochAccumulator {
+    fn new(waited: Duration) -> Self {
+        Self {
+            started: Instant::now(),
+            waited_at_start: waited,
+            loss: 0.0,
+            acc: 0.0,
+            steps: 0,
+        }
+    }
+
+    fn add(&mut self, loss: f32, acc: f32) {
+        self.loss += f64::from(loss);
+        self.acc += f64::from(acc);
+        self.steps += 1;
+    }
+
+    fn finish(&self, epoch: u64, step: u64, batch: usize, waited: Duration) -> EpochMetrics {
+        let seconds = self.started.elapsed().as_secs_f64();
+        let n = self.steps.max(1) as f64;
+        EpochMetrics {
+            event: "epoch",
+            epoch,
+            step,
+            loss: (self.loss / n) as f32,
+            acc: (self.acc / n) as f32,
+            images_per_s: (self.steps as usize * batch) as f64 / seconds,
+            data_wait_share: (waited - self.waited_at_start).as_secs_f64() / seconds,
+            seconds,
+        }
+    }
+}

@@ -1,0 +1,308 @@
+//! The pretraining loop end to end on small slices of the bundled Fashion-MNIST sample.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use candle_core::{Device, Tensor};
+use simclr_data::{Dataset, InMemoryDataset, Split, sample};
+use simclr_model::io::SafetensorsFile;
+use simclr_train::{Event, OptimizerKind, Outcome, TrainConfig, TrainError, Trainer};
+
+fn subset(n: usize) -> Arc<dyn Dataset> {
+    let ds = sample::fashion_mnist(Split::Train).unwrap();
+    let (images, labels) = (0..n)
+        .map(|i| {
+            let s = ds.get(i);
+            (s.image, s.label.unwrap())
+        })
+        .unzip();
+    Arc::new(InMemoryDataset::new(images, Some(labels)))
+}
+
+/// A tiny ResNet-18 on 16 px views: fast enough for a test, real enough to learn.
+fn tiny(optimizer: OptimizerKind) -> TrainConfig {
+    TrainConfig {
+        width: 0.125,
+        proj_dim: 16,
+        image_size: 16,
+        batch_size: 16,
+        epochs: 4,
+        optimizer,
+        lr: 1.0,
+        warmup_epochs: 1.0,
+        workers: 2,
+        ..TrainConfig::default()
+    }
+}
+
+fn values(t: &Tensor) -> Vec<u32> {
+    t.flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .into_iter()
+        .map(f32::to_bits)
+        .collect()
+}
+
+/// Every tensor of two checkpoints, bit for bit, and their positions.
+fn assert_same_checkpoint(a: &Path, b: &Path) {
+    let a = SafetensorsFile::load(a, &Device::Cpu).unwrap();
+    let b = SafetensorsFile::load(b, &Device::Cpu).unwrap();
+    assert_eq!(a.tensors.len(), b.tensors.len());
+    for (name, t) in &a.tensors {
+        assert!(values(t) == values(&b.tensors[name]), "`{name}` differs");
+    }
+    for key in ["epoch", "step_in_epoch", "global_step", "optimizer_steps"] {
+        assert_eq!(a.metadata[key], b.metadata[key], "{key}");
+    }
+}
+
+fn run(trainer: &mut Trainer) -> simclr_train::Summary {
+    trainer.run(&AtomicBool::new(false), &mut |_| {}).unwrap()
+}
+
+#[test]
+fn loss_falls_over_a_few_dozen_steps() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = TrainConfig {
+        epochs: 3,
+        batch_size: 32,
+        warmup_epochs: 0.5,
+        ..tiny(OptimizerKind::Lars)
+    };
+    let mut t = Trainer::new(cfg, subset(512), dir.path(), &Device::Cpu).unwrap();
+    let mut losses = Vec::new();
+    t.run(&AtomicBool::new(false), &mut |e| {
+        if let Event::Step(m) = e {
+            losses.push(m.loss)
+        }
+    })
+    .unwrap();
+    assert_eq!(losses.len(), 48);
+    let mean = |s: &[f32]| s.iter().sum::<f32>() / s.len() as f32;
+    let (first, last) = (mean(&losses[..8]), mean(&losses[40..]));
+    assert!(last < first - 0.1, "loss went from {first} to {last}");
+}
+
+#[test]
+fn resume_after_two_epochs_matches_four_straight() {
+    for optimizer in [OptimizerKind::Lars, OptimizerKind::AdamW] {
+        let data = subset(64); // 4 steps an epoch
+        let straight = tempfile::tempdir().unwrap();
+        let cfg = TrainConfig {
+            lr: if optimizer == OptimizerKind::AdamW {
+                1e-3
+            } else {
+                1.0
+            },
+            ..tiny(optimizer)
+        };
+        let mut t = Trainer::new(cfg.clone(), data.clone(), straight.path(), &Device::Cpu).unwrap();
+        assert_eq!(run(&mut t).outcome, Outcome::Finished);
+
+        let split = tempfile::tempdir().unwrap();
+        let first = TrainConfig {
+            max_steps: Some(8),
+            ..cfg.clone()
+        };
+        let mut t = Trainer::new(first, data.clone(), split.path(), &Device::Cpu).unwrap();
+        assert_eq!(run(&mut t).outcome, Outcome::MaxSteps);
+        let ckpt = split.path().join("last.safetensors");
+        let mut t = Trainer::resume(
+            &ckpt,
+            |c| c.max_steps = None,
+            data.clone(),
+            split.path(),
+            &Device::Cpu,
+        )
+        .unwrap();
+        assert_eq!(t.global_step(), 8);
+        assert_eq!(run(&mut t).steps, 8);
+        assert_same_checkpoint(
+            &straight.path().join("last.safetensors"),
+            &split.path().join("last.safetensors"),
+        );
+    }
+}
+
+#[test]
+fn ctrl_c_saves_mid_epoch_and_resume_continues_exactly() {
+    let data = subset(64);
+    let cfg = TrainConfig {
+        epochs: 2,
+        ..tiny(OptimizerKind::Sgd)
+    };
+    let straight = tempfile::tempdir().unwrap();
+    let mut t = Trainer::new(cfg.clone(), data.clone(), straight.path(), &Device::Cpu).unwrap();
+    run(&mut t);
+
+    let dir = tempfile::tempdir().unwrap();
+    let stop = AtomicBool::new(false);
+    let mut t = Trainer::new(cfg, data.clone(), dir.path(), &Device::Cpu).unwrap();
+    let summary = t
+        .run(&stop, &mut |e| {
+            if let Event::Step(m) = e
+                && m.step == 3
+            {
+                stop.store(true, Ordering::SeqCst); // what the Ctrl-C handler does
+            }
+        })
+        .unwrap();
+    assert_eq!(summary.outcome, Outcome::Interrupted);
+    let ckpt = dir.path().join("last.safetensors");
+    let saved = SafetensorsFile::load(&ckpt, &Device::Cpu).unwrap();
+    assert_eq!(saved.metadata["step_in_epoch"], "3");
+    let mut t = Trainer::resume(&ckpt, |_| {}, data, dir.path(), &Device::Cpu).unwrap();
+    run(&mut t);
+    assert_same_checkpoint(&straight.path().join("last.safetensors"), &ckpt);
+}
+
+#[test]
+fn checkpoint_holds_every_tensor_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = TrainConfig {
+        epochs: 3,
+        keep_last: 2,
+        ..tiny(OptimizerKind::Lars)
+    };
+    let mut t = Trainer::new(cfg.clone(), subset(32), dir.path(), &Device::Cpu).unwrap();
+    run(&mut t);
+    let f = SafetensorsFile::load(&dir.path().join("last.safetensors"), &Device::Cpu).unwrap();
+    for (name, tensor) in t.model().tensors() {
+        assert!(
+            values(&tensor) == values(f.tensor(&name).unwrap()),
+            "{name}"
+        );
+    }
+    for (name, _) in t.model().trainable_vars() {
+        f.tensor(&format!("optimizer.{name}.momentum")).unwrap();
+    }
+    let n_model = t.model().tensors().len();
+    let n_params = t.model().trainable_vars().len();
+    assert_eq!(f.tensors.len(), n_model + n_params);
+    assert_eq!(f.metadata, t.checkpoint_metadata());
+    let saved: TrainConfig = serde_json::from_str(&f.metadata["config"]).unwrap();
+    assert_eq!(saved, cfg);
+    assert_eq!(f.metadata["epoch"], "3");
+    assert_eq!(f.metadata["global_step"], "6");
+    assert_eq!(f.metadata["optimizer_steps"], "6");
+    assert_eq!(f.metadata["image_size"], "16");
+    assert_eq!(f.metadata["normalize_mean"], "[0.5]");
+    // Numbered checkpoints: the last two epochs only.
+    let mut names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "config.json",
+            "epoch-0002.safetensors",
+            "epoch-0003.safetensors",
+            "last.safetensors",
+            "metrics.jsonl"
+        ]
+    );
+    // metrics.jsonl: a line per step and per epoch, with the promised fields.
+    let text = std::fs::read_to_string(dir.path().join("metrics.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 6 + 3);
+    for key in [
+        "epoch",
+        "step",
+        "loss",
+        "lr",
+        "views_per_s",
+        "acc",
+        "data_wait_s",
+    ] {
+        assert!(
+            lines[0].get(key).is_some(),
+            "{key} missing from {}",
+            lines[0]
+        );
+    }
+    assert_eq!(lines[2]["event"], "epoch");
+}
+
+#[test]
+fn a_nan_loss_stops_the_run_and_keeps_the_last_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = TrainConfig {
+        max_steps: Some(2),
+        ..tiny(OptimizerKind::Lars)
+    };
+    let mut t = Trainer::new(cfg, subset(32), dir.path(), &Device::Cpu).unwrap();
+    run(&mut t);
+    let ckpt = dir.path().join("last.safetensors");
+    let before = std::fs::read(&ckpt).unwrap();
+    // Poison a weight, as a diverging run would. (The head's last layer: a NaN earlier on
+    // is clamped to 0 by the ReLUs and would only freeze the loss.)
+    let (_, w) = t
+        .model()
+        .named_vars()
+        .into_iter()
+        .find(|(n, _)| n == "projector.3.weight")
+        .unwrap();
+    w.set(&(w.as_tensor() * f64::NAN).unwrap()).unwrap();
+    t.set_max_steps(None);
+    let err = t.run(&AtomicBool::new(false), &mut |_| {}).unwrap_err();
+    assert!(
+        matches!(err, TrainError::NonFinite { step: 3, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("last.safetensors"), "{err}");
+    assert_eq!(
+        std::fs::read(&ckpt).unwrap(),
+        before,
+        "the last good checkpoint is untouched"
+    );
+}
+
+#[test]
+fn bad_setups_fail_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = Trainer::new(
+        tiny(OptimizerKind::Lars),
+        subset(8),
+        dir.path(),
+        &Device::Cpu,
+    )
+    .err()
+    .unwrap();
+    assert!(err.to_string().contains("fewer than one batch"), "{err}");
+    let bad = TrainConfig {
+        temperature: 0.0,
+        ..tiny(OptimizerKind::Lars)
+    };
+    let err = Trainer::new(bad, subset(32), dir.path(), &Device::Cpu)
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("--temperature"), "{err}");
+    // A run directory below a regular file cannot be created.
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"x").unwrap();
+    let err = Trainer::new(
+        tiny(OptimizerKind::Lars),
+        subset(32),
+        &file.join("run"),
+        &Device::Cpu,
+    )
+    .err()
+    .unwrap();
+    assert!(matches!(err, TrainError::File { .. }), "{err}");
+    // Resuming from something that is not a checkpoint.
+    let weights = dir.path().join("w.safetensors");
+    let one = Tensor::ones(2, candle_core::DType::F32, &Device::Cpu).unwrap();
+    simclr_model::io::save(&weights, &[("x".into(), one)], &Default::default()).unwrap();
+    let err = Trainer::resume(&weights, |_| {}, subset(32), dir.path(), &Device::Cpu)
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("`format` is missing"), "{err}");
+}
