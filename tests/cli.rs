@@ -118,3 +118,130 @@ fn bad_input_is_a_clear_error_and_writes_nothing() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("--count"), "{}", stderr(&out));
 }
+
+/// A pretraining run small enough for a test: ⅛-width ResNet-18 on 16 px views.
+const TINY: &[&str] = &[
+    "pretrain",
+    "--width",
+    "0.125",
+    "--image-size",
+    "16",
+    "--batch-size",
+    "16",
+    "--proj-dim",
+    "16",
+    "--quiet",
+];
+
+#[test]
+fn pretrain_writes_config_metrics_and_checkpoints_then_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = TINY.to_vec();
+    args.extend(["--out", "run", "--max-steps", "2"]);
+    let out = simclr(&args, dir.path());
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("stopped at --max-steps"),
+        "{}",
+        stderr(&out)
+    );
+    let run = dir.path().join("run");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["width"], 0.125);
+    assert_eq!(config["batch_size"], 16);
+    assert_eq!(config["optimizer"], "lars");
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 2);
+    for line in metrics.lines() {
+        let m: serde_json::Value = serde_json::from_str(line).unwrap();
+        for key in ["epoch", "step", "loss", "lr", "views_per_s"] {
+            assert!(m[key].is_number(), "{key} in {line}");
+        }
+    }
+    assert!(run.join("last.safetensors").is_file());
+
+    // Resume for one more step: the run's own config, its position, appended metrics.
+    let out = simclr(
+        &["pretrain", "--resume", "run", "--max-steps", "3", "--quiet"],
+        dir.path(),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let last: serde_json::Value = serde_json::from_str(metrics.lines().last().unwrap()).unwrap();
+    assert_eq!(last["step"], 3);
+
+    // Changing the recipe on resume is refused, with the reason.
+    let out = simclr(&["pretrain", "--resume", "run", "--lr", "1.0"], dir.path());
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("--lr cannot be changed when resuming"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn pretrain_reads_a_toml_config_and_flags_override_it() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("run.toml"),
+        "width = 0.125\nimage_size = 16\nbatch_size = 16\nproj_dim = 16\noptimizer = \"adamw\"\nlr = 0.001\n",
+    )
+    .unwrap();
+    let out = simclr(
+        &[
+            "pretrain",
+            "--config",
+            "run.toml",
+            "--optimizer",
+            "sgd",
+            "--max-steps",
+            "1",
+            "--out",
+            "r",
+            "-q",
+        ],
+        dir.path(),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("r/config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["optimizer"], "sgd", "the flag wins");
+    assert_eq!(config["lr"], 0.001, "the file is read");
+    std::fs::write(dir.path().join("bad.toml"), "widht = 2\n").unwrap();
+    let out = simclr(&["pretrain", "--config", "bad.toml"], dir.path());
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("widht"), "{}", stderr(&out));
+}
+
+#[test]
+fn pretrain_rejects_bad_options_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    for (flags, message) in [
+        (
+            &["--temperature", "0"][..],
+            "--temperature must be a positive number",
+        ),
+        (
+            &["--batch-size", "1"][..],
+            "--batch-size must be at least 2",
+        ),
+        (&["--batch-size", "5000"][..], "fewer than one batch"),
+        (&["--device", "cuda"][..], "no CUDA support"),
+        (&["--arch", "resnet99"][..], "unknown architecture"),
+    ] {
+        let mut args = vec!["pretrain", "--width", "0.125", "--image-size", "16", "-q"];
+        args.extend(flags);
+        args.extend(["--out", "never"]);
+        let out = simclr(&args, dir.path());
+        assert!(!out.status.success(), "{flags:?}");
+        assert!(
+            stderr(&out).contains(message),
+            "{flags:?}: {}",
+            stderr(&out)
+        );
+    }
+    assert!(!dir.path().join("never/last.safetensors").exists());
+}

@@ -21,6 +21,9 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Pretrain an encoder with SimCLR on a dataset (no labels needed). With no options, a
+    /// small model on the bundled Fashion-MNIST sample.
+    Pretrain(Box<commands::pretrain::PretrainArgs>),
     /// Write a PNG grid of images beside their two augmented views, to see what the
     /// augmentation pipeline does before training for hours.
     AugmentPreview(commands::augment_preview::AugmentPreviewArgs),
@@ -83,6 +86,7 @@ impl DataArgs {
 pub fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Pretrain(args) => commands::pretrain::run(&args),
         Command::AugmentPreview(args) => commands::augment_preview::run(&args),
     }
 }

@@ -1,3 +1,4 @@
 //! One module per subcommand.
 
 pub mod augment_preview;
+pub mod pretrain;

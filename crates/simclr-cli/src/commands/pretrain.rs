@@ -1,0 +1,437 @@
+//! `simclr pretrain`: the SimCLR training run.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use simclr_data::{Dataset, Format, Split};
+use simclr_loss::LossKind;
+use simclr_model::{Arch, Stem};
+use simclr_train::{Event, LrScaling, OptimizerKind, Outcome, TrainConfig, Trainer};
+
+use crate::DataArgs;
+
+/// Options of `simclr pretrain`. Each one overrides the `--config` file, which overrides the
+/// defaults; the resolved configuration is saved as `<out>/config.json`.
+#[derive(Debug, Args)]
+pub struct PretrainArgs {
+    /// Dataset to pretrain on (labels are not used, except by `--loss supcon`). Defaults to
+    /// the bundled Fashion-MNIST sample, with a small model that trains in a few minutes.
+    #[arg(long, value_name = "PATH")]
+    pub data: Option<PathBuf>,
+    /// Dataset format, when detection guesses wrong.
+    #[arg(long, value_name = "idx|cifar10|folder")]
+    pub format: Option<Format>,
+    /// Split to train on, where the format has one [default: train].
+    #[arg(long, value_name = "train|test")]
+    pub split: Option<Split>,
+    /// Skip undecodable images in an image folder instead of failing.
+    #[arg(long)]
+    pub skip_bad_images: bool,
+    /// Run directory: config.json, metrics.jsonl and checkpoints go here [default:
+    /// runs/pretrain, or the checkpoint's directory with --resume].
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// TOML file of options (the keys of config.json); flags override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Continue the run saved in this checkpoint (or run directory's last.safetensors),
+    /// exactly where it stopped. Only --epochs, --max-steps, --out, --threads and --device
+    /// may be changed.
+    #[arg(long, value_name = "CKPT|DIR")]
+    pub resume: Option<PathBuf>,
+    /// Encoder depth [default: resnet18].
+    #[arg(long, value_name = "resnet18|resnet34|resnet50")]
+    pub arch: Option<Arch>,
+    /// Stem: cifar (3×3, no max-pool) for small images, imagenet (7×7/2 + max-pool)
+    /// [default: cifar].
+    #[arg(long, value_name = "cifar|imagenet")]
+    pub stem: Option<Stem>,
+    /// Width multiplier of the encoder [default: 1; 0.125 without --data].
+    #[arg(long)]
+    pub width: Option<f64>,
+    /// Output width of the projection head [default: 128].
+    #[arg(long)]
+    pub proj_dim: Option<usize>,
+    /// Side of the square training views in pixels [default: 32; 28 without --data].
+    #[arg(long)]
+    pub image_size: Option<u32>,
+    /// Images per step; the step sees twice as many views [default: 256; 128 without --data].
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Epochs; the learning-rate schedule spans them [default: 100; 1 without --data].
+    #[arg(long)]
+    pub epochs: Option<u64>,
+    /// Stop after this many steps in all (for smoke runs; the schedule still spans --epochs).
+    #[arg(long)]
+    pub max_steps: Option<u64>,
+    /// Optimiser [default: lars].
+    #[arg(long, value_name = "lars|sgd|adamw")]
+    pub optimizer: Option<OptimizerKind>,
+    /// Base learning rate, scaled by --lr-scaling [default: 0.3].
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Batch-size scaling of the learning rate: linear (lr·batch/256), sqrt (lr·√batch) or
+    /// none [default: linear].
+    #[arg(long, value_name = "linear|sqrt|none")]
+    pub lr_scaling: Option<LrScaling>,
+    /// Weight decay; biases and BatchNorm parameters are exempt [default: 1e-6].
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    /// Momentum of LARS and SGD [default: 0.9].
+    #[arg(long)]
+    pub momentum: Option<f64>,
+    /// Epochs of linear learning-rate warmup [default: 10; 0.5 without --data].
+    #[arg(long)]
+    pub warmup_epochs: Option<f64>,
+    /// Objective [default: ntxent].
+    #[arg(long, value_name = "ntxent|contrastive|triplet|supcon")]
+    pub loss: Option<LossKind>,
+    /// Temperature of NT-Xent and SupCon [default: 0.5].
+    #[arg(long)]
+    pub temperature: Option<f64>,
+    /// Margin of the contrastive and triplet losses [default: 0.5].
+    #[arg(long)]
+    pub margin: Option<f64>,
+    /// Colour-jitter strength s [default: 0.5].
+    #[arg(long)]
+    pub jitter_strength: Option<f64>,
+    /// Gaussian blur [default: on above 32 px].
+    #[arg(long, value_name = "true|false")]
+    pub blur: Option<bool>,
+    /// Seed of initialisation, shuffling and augmentation [default: 0].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Threads of the training step [default: all cores].
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Threads building augmented batches in the background [default: 1].
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Save a numbered checkpoint every this many epochs [default: 1].
+    #[arg(long)]
+    pub save_every: Option<u64>,
+    /// Numbered checkpoints to keep [default: 3].
+    #[arg(long)]
+    pub keep_last: Option<usize>,
+    /// Device: cpu, or cuda / cuda:N when built with the `cuda` feature.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// No progress bar; one line per epoch.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// The small setup used on the bundled sample when no dataset is given: an ⅛-width
+/// ResNet-18 on 28 px views, one epoch (about a minute and a half on 2 cores).
+fn sample_defaults(c: &mut TrainConfig) {
+    c.width = 0.125;
+    c.image_size = 28;
+    c.batch_size = 128;
+    c.epochs = 1;
+    c.warmup_epochs = 0.5;
+}
+
+impl PretrainArgs {
+    /// Defaults ← `--config` file ← flags.
+    fn resolve(&self) -> anyhow::Result<TrainConfig> {
+        let mut c = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("while reading `{}`", path.display()))?;
+                toml::from_str(&text)
+                    .with_context(|| format!("`{}` is not a valid config file", path.display()))?
+            }
+            None => TrainConfig::default(),
+        };
+        if self.config.is_none() && self.data.is_none() {
+            sample_defaults(&mut c);
+        }
+        macro_rules! set {
+            ($($field:ident),*) => {$(
+                if let Some(v) = &self.$field {
+                    c.$field = v.clone();
+                }
+            )*};
+        }
+        set!(
+            arch,
+            stem,
+            width,
+            proj_dim,
+            image_size,
+            batch_size,
+            epochs,
+            optimizer,
+            lr,
+            lr_scaling,
+            weight_decay,
+            momentum,
+            warmup_epochs,
+            loss,
+            temperature,
+            margin,
+            jitter_strength,
+            seed,
+            workers,
+            save_every,
+            keep_last
+        );
+        if self.data.is_some() {
+            c.data = self.data.clone();
+        }
+        if let Some(f) = self.format {
+            c.format = Some(f.to_string());
+        }
+        if let Some(s) = self.split {
+            c.split = s.to_string();
+        }
+        if self.max_steps.is_some() {
+            c.max_steps = self.max_steps;
+        }
+        if self.blur.is_some() {
+            c.blur = self.blur;
+        }
+        Ok(c)
+    }
+
+    /// Flags that make no sense with `--resume` (the run's own config is used).
+    fn changed_on_resume(&self) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        macro_rules! check {
+            ($($field:ident => $flag:literal),*) => {$(
+                if self.$field.is_some() {
+                    v.push($flag);
+                }
+            )*};
+        }
+        check!(config => "--config", arch => "--arch", stem => "--stem", width => "--width",
+            proj_dim => "--proj-dim", image_size => "--image-size", batch_size => "--batch-size",
+            optimizer => "--optimizer", lr => "--lr", lr_scaling => "--lr-scaling",
+            weight_decay => "--weight-decay", momentum => "--momentum",
+            warmup_epochs => "--warmup-epochs", loss => "--loss", temperature => "--temperature",
+            margin => "--margin", jitter_strength => "--jitter-strength", seed => "--seed");
+        v
+    }
+}
+
+/// Parses `cpu`, `cuda` or `cuda:N`.
+pub fn device(spec: &str) -> anyhow::Result<candle_core::Device> {
+    let spec = spec.trim().to_ascii_lowercase();
+    if spec == "cpu" {
+        return Ok(candle_core::Device::Cpu);
+    }
+    let ordinal = match spec.strip_prefix("cuda") {
+        Some("") => 0,
+        Some(rest) => rest
+            .strip_prefix(':')
+            .and_then(|n| n.parse().ok())
+            .with_context(|| format!("bad device `{spec}`; expected cpu, cuda or cuda:N"))?,
+        None => bail!("unknown device `{spec}`; expected cpu, cuda or cuda:N"),
+    };
+    if !candle_core::utils::cuda_is_available() {
+        bail!(
+            "--device {spec}: this build of simclr has no CUDA support; rebuild with \
+             `cargo build --release --features cuda` (needs the CUDA toolkit), or use --device cpu"
+        )
+    }
+    candle_core::Device::new_cuda(ordinal)
+        .with_context(|| format!("--device {spec}: cannot open CUDA device {ordinal}"))
+}
+
+/// Sets the number of threads of the training step (candle and rayon read it).
+pub fn set_threads(threads: Option<usize>) -> anyhow::Result<()> {
+    if let Some(n) = threads {
+        if n == 0 {
+            bail!("--threads must be at least 1");
+        }
+        // SAFETY: called at start-up, before this process starts any other thread.
+        unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global();
+    }
+    Ok(())
+}
+
+fn open_data(c: &TrainConfig, skip_bad_images: bool) -> anyhow::Result<Arc<dyn Dataset>> {
+    let format = c
+        .format
+        .as_deref()
+        .map(str::parse::<Format>)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    let split = c.split.parse::<Split>().map_err(anyhow::Error::msg)?;
+    let args = DataArgs {
+        data: c.data.clone(),
+        format,
+        split,
+        skip_bad_images,
+    };
+    Ok(Arc::new(args.open()?))
+}
+
+/// Runs `simclr pretrain`.
+pub fn run(args: &PretrainArgs) -> anyhow::Result<()> {
+    set_threads(args.threads)?;
+    let device = device(&args.device)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        ctrlc::set_handler(move || {
+            if stop.swap(true, Ordering::SeqCst) {
+                eprintln!("\nsecond interrupt: exiting without saving");
+                std::process::exit(130);
+            }
+            eprintln!("\ninterrupted: saving a checkpoint after this step (Ctrl-C again to abort)");
+        })
+        .context("cannot install the Ctrl-C handler")?;
+    }
+    let mut trainer = match &args.resume {
+        Some(path) => {
+            let ckpt = if path.is_dir() {
+                path.join("last.safetensors")
+            } else {
+                path.clone()
+            };
+            let changed = args.changed_on_resume();
+            if !changed.is_empty() {
+                bail!(
+                    "{} cannot be changed when resuming: the run continues with its saved \
+                     configuration (only --epochs, --max-steps, --out, --threads and --device may be given)",
+                    changed.join(", ")
+                )
+            }
+            let out = match &args.out {
+                Some(o) => o.clone(),
+                None => ckpt
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .map_or_else(|| PathBuf::from("."), Path::to_owned),
+            };
+            let file = simclr_model::io::SafetensorsFile::load(&ckpt, &candle_core::Device::Cpu)?;
+            let saved: TrainConfig = serde_json::from_str(file.meta("config")?)
+                .with_context(|| format!("`{}`: unreadable run config", ckpt.display()))?;
+            drop(file);
+            let data = open_data(&saved, args.skip_bad_images)?;
+            let (epochs, max_steps) = (args.epochs, args.max_steps);
+            Trainer::resume(
+                &ckpt,
+                |c| {
+                    if let Some(e) = epochs {
+                        c.epochs = e;
+                    }
+                    c.max_steps = max_steps;
+                },
+                data,
+                &out,
+                &device,
+            )?
+        }
+        None => {
+            let config = args.resolve()?;
+            config.validate().map_err(anyhow::Error::msg)?;
+            let out = args
+                .out
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("runs/pretrain"));
+            let data = open_data(&config, args.skip_bad_images)?;
+            Trainer::new(config, data, &out, &device)?
+        }
+    };
+    let c = trainer.config().clone();
+    let model = trainer.model();
+    eprintln!(
+        "pretraining {} ({} encoder parameters) on {} ({} images, {} steps an epoch), {} epochs, \
+         batch {}, {} lr {:.4}, {} τ={}, {} threads",
+        model.config().describe(),
+        model.num_params(true),
+        c.data.as_ref().map_or_else(
+            || simclr_data::sample::NAME.to_string(),
+            |p| format!("`{}`", p.display())
+        ),
+        trainer.steps_per_epoch() as usize * c.batch_size,
+        trainer.steps_per_epoch(),
+        c.epochs,
+        c.batch_size,
+        c.optimizer,
+        trainer.schedule().peak,
+        c.loss,
+        c.temperature,
+        candle_core::utils::get_num_threads(),
+    );
+    let interactive = !args.quiet && std::io::stderr().is_terminal();
+    let total = c
+        .max_steps
+        .unwrap_or(u64::MAX)
+        .min(trainer.steps_per_epoch() * c.epochs);
+    let bar = if interactive {
+        let b = ProgressBar::new(total);
+        b.set_style(
+            ProgressStyle::with_template(
+                "{prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed} < {eta})",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        b.set_position(trainer.global_step());
+        b.reset_eta();
+        b
+    } else {
+        ProgressBar::hidden()
+    };
+    let summary = trainer.run(&stop, &mut |e| match e {
+        Event::Step(m) => {
+            bar.set_prefix(format!("epoch {}/{}", m.epoch, c.epochs));
+            bar.set_message(format!(
+                "loss {:.4} acc {:.3} lr {:.4} {:.0} img/s",
+                m.loss,
+                m.acc,
+                m.lr,
+                m.views_per_s / 2.0
+            ));
+            bar.set_position(m.step);
+        }
+        Event::Epoch(m) => {
+            let line = format!(
+                "epoch {:>4}/{}  loss {:.4}  acc {:.3}  {:.1} img/s  data wait {:.1}%  {:.0} s",
+                m.epoch,
+                c.epochs,
+                m.loss,
+                m.acc,
+                m.images_per_s,
+                100.0 * m.data_wait_share,
+                m.seconds
+            );
+            bar.suspend(|| eprintln!("{line}"));
+        }
+        Event::Checkpoint(p) => {
+            bar.suspend(|| eprintln!("saved {}", p.display()));
+        }
+    })?;
+    bar.finish_and_clear();
+    let how = match summary.outcome {
+        Outcome::Finished => "finished",
+        Outcome::MaxSteps => "stopped at --max-steps",
+        Outcome::Interrupted => "interrupted",
+    };
+    eprintln!(
+        "{how} after {} steps: loss {} → {}, {:.1} img/s, {:.1}% of the time waiting for data",
+        summary.steps,
+        summary.first_loss.map_or("-".into(), |l| format!("{l:.4}")),
+        summary.last_loss.map_or("-".into(), |l| format!("{l:.4}")),
+        summary.images_per_s,
+        100.0 * summary.data_wait_share
+    );
+    if let Some(p) = &summary.checkpoint {
+        eprintln!("checkpoint: {}", p.display());
+        if summary.outcome != Outcome::Finished {
+            eprintln!("resume with: simclr pretrain --resume {}", p.display());
+        }
+    }
+    Ok(())
+}
