@@ -21,7 +21,17 @@ fn help_lists_the_commands() {
     let out = simclr(&["--help"], dir.path());
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("augment-preview"), "{text}");
+    for cmd in [
+        "pretrain",
+        "linear-probe",
+        "knn",
+        "export",
+        "embed",
+        "inspect",
+        "augment-preview",
+    ] {
+        assert!(text.contains(cmd), "{cmd} missing from {text}");
+    }
 }
 
 #[test]
@@ -244,4 +254,147 @@ fn pretrain_rejects_bad_options_before_any_work() {
         );
     }
     assert!(!dir.path().join("never/last.safetensors").exists());
+}
+
+#[test]
+fn export_inspect_embed_and_evaluate_a_pretrained_encoder() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = TINY.to_vec();
+    args.extend(["--out", "run", "--max-steps", "2"]);
+    assert!(simclr(&args, dir.path()).status.success());
+
+    let out = simclr(
+        &["export", "--checkpoint", "run", "--out", "enc.safetensors"],
+        dir.path(),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let out = simclr(&["inspect", "enc.safetensors"], dir.path());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let weights = simclr_model::io::SafetensorsFile::load(
+        &dir.path().join("enc.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    for name in weights.tensors.keys() {
+        assert!(
+            text.lines()
+                .any(|l| l.split_whitespace().next() == Some(name)),
+            "{name} not listed"
+        );
+    }
+    assert!(
+        text.contains("simclr-rs/encoder/1") && text.contains("[0.5]"),
+        "{text}"
+    );
+    // A checkpoint lists its optimiser state too.
+    let out = simclr(&["inspect", "run/last.safetensors"], dir.path());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("optimizer.conv1.weight.momentum"));
+
+    let out = simclr(
+        &[
+            "embed",
+            "--weights",
+            "enc.safetensors",
+            "--split",
+            "test",
+            "--out",
+            "e.csv",
+        ],
+        dir.path(),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let csv = std::fs::read_to_string(dir.path().join("e.csv")).unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 1 + 1000);
+    assert_eq!(lines[1].split(',').count(), 3 + 64);
+    assert!(
+        lines[1].starts_with("0,9,"),
+        "the first test image is an ankle boot: {}",
+        lines[1]
+    );
+
+    let out = simclr(
+        &["embed", "--weights", "enc.safetensors", "--out", "e.npy"],
+        dir.path(),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let npy = std::fs::read(dir.path().join("e.npy")).unwrap();
+    assert_eq!(&npy[..6], b"\x93NUMPY");
+    let header_len = u16::from_le_bytes([npy[8], npy[9]]) as usize;
+    assert_eq!((10 + header_len) % 64, 0);
+    assert!(String::from_utf8_lossy(&npy[10..10 + header_len]).contains("'shape': (4000, 64)"));
+    assert_eq!(npy.len(), 10 + header_len + 4000 * 64 * 4);
+    assert!(dir.path().join("e.index.csv").is_file());
+
+    for (cmd, key) in [("linear-probe", "top1"), ("knn", "knn_top1")] {
+        let out = simclr(
+            &[
+                cmd,
+                "--checkpoint",
+                "enc.safetensors",
+                "--json",
+                "--cache-dir",
+                "cache",
+            ],
+            dir.path(),
+        );
+        assert!(out.status.success(), "{cmd}: {}", stderr(&out));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let acc = v[key].as_f64().unwrap();
+        // Ten classes: even a barely trained encoder is far above chance.
+        assert!(acc > 0.3 && acc <= 1.0, "{cmd}: {v}");
+        assert_eq!(v["test_images"], 1000);
+    }
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("cache")).unwrap().count(),
+        2,
+        "features cached once per split"
+    );
+}
+
+#[test]
+fn weights_commands_reject_bad_files_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("junk.safetensors"),
+        b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":",
+    )
+    .unwrap();
+    for args in [
+        &["inspect", "junk.safetensors"][..],
+        &[
+            "export",
+            "--checkpoint",
+            "junk.safetensors",
+            "--out",
+            "x.safetensors",
+        ][..],
+        &["knn", "--checkpoint", "junk.safetensors"][..],
+    ] {
+        let out = simclr(args, dir.path());
+        assert!(!out.status.success(), "{args:?}");
+        assert!(
+            stderr(&out).contains("truncated or corrupt"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+    let out = simclr(
+        &[
+            "embed",
+            "--weights",
+            "missing.safetensors",
+            "--out",
+            "e.txt",
+        ],
+        dir.path(),
+    );
+    assert!(
+        stderr(&out).contains("use .safetensors, .npy or .csv"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!dir.path().join("x.safetensors").exists());
 }

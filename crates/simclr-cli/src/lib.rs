@@ -24,6 +24,18 @@ pub enum Command {
     /// Pretrain an encoder with SimCLR on a dataset (no labels needed). With no options, a
     /// small model on the bundled Fashion-MNIST sample.
     Pretrain(Box<commands::pretrain::PretrainArgs>),
+    /// Linear-evaluation protocol: fit a logistic regression on frozen features of the train
+    /// split, report top-1/top-5 accuracy on the test split.
+    LinearProbe(commands::evaluate::ProbeArgs),
+    /// Weighted k-nearest-neighbour accuracy of frozen features (the cheap monitor).
+    Knn(commands::evaluate::KnnArgs),
+    /// Write encoder-only weights under torchvision's names, with metadata, from a checkpoint.
+    Export(commands::weights::ExportArgs),
+    /// Representations of every image of a dataset or folder, in order, to .safetensors,
+    /// .npy or .csv.
+    Embed(commands::weights::EmbedArgs),
+    /// Metadata and tensor table of a safetensors file (checkpoint or exported weights).
+    Inspect(commands::weights::InspectArgs),
     /// Write a PNG grid of images beside their two augmented views, to see what the
     /// augmentation pipeline does before training for hours.
     AugmentPreview(commands::augment_preview::AugmentPreviewArgs),
@@ -82,11 +94,34 @@ impl DataArgs {
     }
 }
 
+/// A progress bar on an interactive stderr, hidden otherwise.
+pub fn progress_bar(len: u64, what: &str) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{prefix} [{bar:30}] {pos}/{len} ({elapsed} < {eta})",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    bar.set_prefix(what.to_string());
+    bar
+}
+
 /// Parses the command line and runs it.
 pub fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Pretrain(args) => commands::pretrain::run(&args),
+        Command::LinearProbe(args) => commands::evaluate::linear_probe(&args),
+        Command::Knn(args) => commands::evaluate::knn(&args),
+        Command::Export(args) => commands::weights::export(&args),
+        Command::Embed(args) => commands::weights::embed(&args),
+        Command::Inspect(args) => commands::weights::inspect(&args),
         Command::AugmentPreview(args) => commands::augment_preview::run(&args),
     }
 }

@@ -10,9 +10,11 @@
 //! Features are row-major `f32` matrices ([`Features`]); the heavy products run on candle's
 //! `gemm`.
 
+mod encoder;
 mod knn;
 mod logreg;
 
+pub use crate::encoder::Encoder;
 pub use crate::knn::knn;
 pub use crate::logreg::{LinearProbe, ProbeConfig, ProbeReport, linear_probe};
 
@@ -25,6 +27,12 @@ pub enum EvalError {
     /// A tensor operation failed.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+    /// A weights file could not be read or written.
+    #[error(transparent)]
+    Weights(#[from] simclr_model::io::IoError),
+    /// Images could not be preprocessed.
+    #[error(transparent)]
+    Augment(#[from] simclr_augment::AugmentError),
 }
 
 /// A row-major `rows × dim` matrix of features.

@@ -12,6 +12,12 @@ use std::path::{Path, PathBuf};
 use candle_core::safetensors::Load;
 use candle_core::{Device, Tensor};
 
+/// The `format` metadata value of a training checkpoint (`simclr pretrain`).
+pub const CHECKPOINT_FORMAT: &str = "simclr-rs/checkpoint/1";
+
+/// The `format` metadata value of exported encoder weights (`simclr export`).
+pub const ENCODER_FORMAT: &str = "simclr-rs/encoder/1";
+
 /// What can go wrong reading or writing a weights file.
 #[derive(Debug, thiserror::Error)]
 pub enum IoError {

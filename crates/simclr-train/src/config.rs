@@ -12,8 +12,9 @@ use crate::optim::{OptimConfig, OptimizerKind};
 use crate::schedule::LrScaling;
 
 /// Everything that defines a pretraining run. Defaults are SimCLR's CIFAR-10 recipe, scaled
-/// to a CPU: ResNet-18 with the CIFAR stem, LARS, base lr 0.3 × batch/256, 10 warmup epochs,
-/// τ = 0.5, colour-jitter strength 0.5.
+/// to a CPU: ResNet-18 with the CIFAR stem, LARS with the learning rate 0.075 × √batch that
+/// SimCLR (Appendix B.1) recommends for small batches, 10 warmup epochs, τ = 0.5,
+/// colour-jitter strength 0.5.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrainConfig {
@@ -93,8 +94,8 @@ impl Default for TrainConfig {
             epochs: 100,
             max_steps: None,
             optimizer: OptimizerKind::Lars,
-            lr: 0.3,
-            lr_scaling: LrScaling::Linear,
+            lr: 0.075,
+            lr_scaling: LrScaling::Sqrt,
             weight_decay: 1e-6,
             momentum: 0.9,
             nesterov: false,

@@ -24,8 +24,7 @@ use crate::loader::{Loader, LoaderConfig, steps_per_epoch};
 use crate::optim::{self, StatefulOptimizer};
 use crate::schedule::Schedule;
 
-/// The `format` metadata value of a training checkpoint.
-pub const CHECKPOINT_FORMAT: &str = "simclr-rs/checkpoint/1";
+pub use simclr_model::io::CHECKPOINT_FORMAT;
 
 /// What stops a run.
 #[derive(Debug, thiserror::Error)]

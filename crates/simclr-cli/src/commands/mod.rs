@@ -1,4 +1,6 @@
 //! One module per subcommand.
 
 pub mod augment_preview;
+pub mod evaluate;
 pub mod pretrain;
+pub mod weights;

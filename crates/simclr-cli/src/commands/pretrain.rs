@@ -72,11 +72,12 @@ pub struct PretrainArgs {
     /// Optimiser [default: lars].
     #[arg(long, value_name = "lars|sgd|adamw")]
     pub optimizer: Option<OptimizerKind>,
-    /// Base learning rate, scaled by --lr-scaling [default: 0.3].
+    /// Base learning rate, scaled by --lr-scaling [default: 0.075].
     #[arg(long)]
     pub lr: Option<f64>,
-    /// Batch-size scaling of the learning rate: linear (lr·batch/256), sqrt (lr·√batch) or
-    /// none [default: linear].
+    /// Batch-size scaling of the learning rate: sqrt (lr·√batch, SimCLR's choice for small
+    /// batches), linear (lr·batch/256, with --lr 0.3 for large batches) or none
+    /// [default: sqrt].
     #[arg(long, value_name = "linear|sqrt|none")]
     pub lr_scaling: Option<LrScaling>,
     /// Weight decay; biases and BatchNorm parameters are exempt [default: 1e-6].

@@ -1,0 +1,345 @@
+//! `simclr linear-probe` and `simclr knn`: what a frozen encoder's features are worth.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use candle_core::{Device, Tensor};
+use clap::Args;
+use simclr_data::{Dataset, Format, Split};
+use simclr_eval::{Encoder, Features, ProbeConfig};
+use simclr_model::SimClr;
+use simclr_model::io::{self, SafetensorsFile};
+
+use crate::DataArgs;
+use crate::commands::pretrain::{device, set_threads};
+use crate::commands::weights::{check_channels, checkpoint_path};
+
+/// What both evaluations take.
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// Training checkpoint, run directory, or exported encoder weights.
+    #[arg(long, value_name = "CKPT|DIR")]
+    pub checkpoint: PathBuf,
+    /// Labelled dataset with a train and a test split. Defaults to the bundled Fashion-MNIST
+    /// sample.
+    #[arg(long, value_name = "PATH")]
+    pub data: Option<PathBuf>,
+    /// Dataset format, when detection guesses wrong.
+    #[arg(long, value_name = "idx|cifar10|folder")]
+    pub format: Option<Format>,
+    /// Skip undecodable images in an image folder instead of failing.
+    #[arg(long)]
+    pub skip_bad_images: bool,
+    /// Evaluate a randomly initialised encoder of the checkpoint's architecture instead (the
+    /// baseline that pretraining must beat).
+    #[arg(long)]
+    pub random_init: bool,
+    /// Keep the extracted features here and reuse them while the weights and data are
+    /// unchanged.
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Print one JSON line instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Threads [default: all cores].
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Device: cpu, or cuda / cuda:N when built with the `cuda` feature.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+/// Options of `simclr linear-probe`.
+#[derive(Debug, Args)]
+pub struct ProbeArgs {
+    /// Encoder, data and output.
+    #[command(flatten)]
+    pub eval: EvalArgs,
+    /// L-BFGS iterations per fit.
+    #[arg(long, default_value_t = 300)]
+    pub max_iter: usize,
+    /// Share of the train split held out to pick the L2 strength.
+    #[arg(long, default_value_t = 0.1)]
+    pub val_fraction: f64,
+}
+
+/// Options of `simclr knn`.
+#[derive(Debug, Args)]
+pub struct KnnArgs {
+    /// Encoder, data and output.
+    #[command(flatten)]
+    pub eval: EvalArgs,
+    /// Neighbours that vote.
+    #[arg(long, default_value_t = 200)]
+    pub k: usize,
+    /// Temperature of the vote weights exp(similarity / τ).
+    #[arg(long, default_value_t = 0.1)]
+    pub temperature: f64,
+}
+
+/// Features and labels of one split.
+struct SplitFeatures {
+    features: Vec<f32>,
+    labels: Vec<u32>,
+}
+
+struct Extracted {
+    encoder: Encoder,
+    dim: usize,
+    classes: usize,
+    train: SplitFeatures,
+    test: SplitFeatures,
+    weights: PathBuf,
+}
+
+fn load_encoder(args: &EvalArgs, dev: &Device) -> anyhow::Result<(Encoder, PathBuf)> {
+    let path = checkpoint_path(&args.checkpoint);
+    let mut encoder = Encoder::from_safetensors(&path, dev)?;
+    if args.random_init {
+        let model = SimClr::new(encoder.config(), dev, 0)?;
+        let p = encoder.preprocess();
+        encoder = Encoder::new(model, p.height, p.mean.clone(), p.std.clone());
+    }
+    Ok((encoder, path))
+}
+
+fn extract(args: &EvalArgs) -> anyhow::Result<Extracted> {
+    set_threads(args.threads)?;
+    let dev = device(&args.device)?;
+    let (encoder, weights) = load_encoder(args, &dev)?;
+    let open = |split| {
+        DataArgs {
+            data: args.data.clone(),
+            format: args.format,
+            split,
+            skip_bad_images: args.skip_bad_images,
+        }
+        .open()
+    };
+    let mut splits = Vec::new();
+    let mut classes = 0;
+    for split in [Split::Train, Split::Test] {
+        let ds = open(split)?;
+        let Some(c) = ds.num_classes() else {
+            bail!("the {split} split has no labels; the evaluations need a labelled dataset")
+        };
+        classes = classes.max(c);
+        check_channels(&encoder, &ds)?;
+        let labels: Vec<u32> = (0..ds.len())
+            .map(|i| ds.get(i).label.unwrap_or(0))
+            .collect();
+        let features = cached_features(args, &weights, &encoder, &ds, split)?;
+        splits.push(SplitFeatures { features, labels });
+    }
+    let test = splits.pop().expect("two splits");
+    let train = splits.pop().expect("two splits");
+    Ok(Extracted {
+        dim: encoder.feature_dim(),
+        encoder,
+        classes,
+        train,
+        test,
+        weights,
+    })
+}
+
+/// FNV-1a, for naming cache files.
+fn fnv(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+fn cached_features(
+    args: &EvalArgs,
+    weights: &Path,
+    encoder: &Encoder,
+    ds: &dyn Dataset,
+    split: Split,
+) -> anyhow::Result<Vec<f32>> {
+    let compute = || -> anyhow::Result<Vec<f32>> {
+        let bar = crate::progress_bar(ds.len() as u64, &format!("features ({split})"));
+        let f = encoder.embed_dataset(ds, &mut |done| bar.set_position(done as u64))?;
+        bar.finish_and_clear();
+        Ok(f)
+    };
+    let Some(dir) = &args.cache_dir else {
+        return compute();
+    };
+    let stat = std::fs::metadata(weights)?;
+    let key = serde_json::json!({
+        "weights": std::fs::canonicalize(weights)?.display().to_string(),
+        "size": stat.len(),
+        "modified": stat.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_nanos().to_string()),
+        "random_init": args.random_init,
+        "data": args.data.as_ref().map(|p| p.display().to_string()),
+        "format": args.format.map(|f| f.to_string()),
+        "split": split.to_string(),
+        "images": ds.len(),
+    })
+    .to_string();
+    let path = dir.join(format!("features-{split}-{:016x}.safetensors", fnv(&key)));
+    if let Ok(f) = SafetensorsFile::load(&path, &Device::Cpu)
+        && f.metadata.get("key") == Some(&key)
+        && let Ok(t) = f.tensor("features")
+    {
+        return Ok(t.flatten_all()?.to_vec1::<f32>()?);
+    }
+    let features = compute()?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating `{}`", dir.display()))?;
+    let t = Tensor::from_slice(&features, (ds.len(), encoder.feature_dim()), &Device::Cpu)?;
+    io::save(
+        &path,
+        &[("features".into(), t)],
+        &BTreeMap::from([("key".to_string(), key)]),
+    )?;
+    Ok(features)
+}
+
+fn describe(e: &Extracted, args: &EvalArgs) -> String {
+    format!(
+        "{}{} ({}; {}-d features)",
+        e.weights.display(),
+        if args.random_init {
+            ", randomly re-initialised"
+        } else {
+            ""
+        },
+        e.encoder.config().describe(),
+        e.dim
+    )
+}
+
+fn data_name(args: &EvalArgs) -> String {
+    args.data.as_ref().map_or_else(
+        || simclr_data::sample::NAME.to_string(),
+        |p| p.display().to_string(),
+    )
+}
+
+/// Runs `simclr linear-probe`.
+pub fn linear_probe(args: &ProbeArgs) -> anyhow::Result<()> {
+    let e = extract(&args.eval)?;
+    let config = ProbeConfig {
+        max_iter: args.max_iter,
+        val_fraction: args.val_fraction,
+        ..ProbeConfig::default()
+    };
+    if !(0.0..1.0).contains(&config.val_fraction) || config.val_fraction == 0.0 {
+        bail!(
+            "--val-fraction must be in (0, 1), got {}",
+            config.val_fraction
+        );
+    }
+    if !args.eval.json {
+        eprintln!(
+            "fitting the linear probe (L-BFGS, {} L2 strengths)…",
+            config.l2_grid.len()
+        );
+    }
+    let r = simclr_eval::linear_probe(
+        Features {
+            data: &e.train.features,
+            dim: e.dim,
+        },
+        &e.train.labels,
+        Features {
+            data: &e.test.features,
+            dim: e.dim,
+        },
+        &e.test.labels,
+        e.classes,
+        &config,
+    )?;
+    if args.eval.json {
+        let v = serde_json::json!({
+            "top1": r.top1,
+            "top5": r.top5,
+            "l2": r.l2,
+            "train_top1": r.train_top1,
+            "val_top1": r.val_top1,
+            "checkpoint": e.weights.display().to_string(),
+            "random_init": args.eval.random_init,
+            "data": data_name(&args.eval),
+            "train_images": e.train.labels.len(),
+            "test_images": e.test.labels.len(),
+            "feature_dim": e.dim,
+        });
+        println!("{v}");
+        return Ok(());
+    }
+    println!("linear probe");
+    println!("  encoder      {}", describe(&e, &args.eval));
+    println!(
+        "  data         {}: {} train, {} test images, {} classes",
+        data_name(&args.eval),
+        e.train.labels.len(),
+        e.test.labels.len(),
+        e.classes
+    );
+    println!("  top-1        {:.2}%", 100.0 * r.top1);
+    if let Some(t5) = r.top5 {
+        println!("  top-5        {:.2}%", 100.0 * t5);
+    }
+    println!("  train top-1  {:.2}%", 100.0 * r.train_top1);
+    let grid: Vec<String> = r
+        .val_top1
+        .iter()
+        .map(|(l2, a)| format!("{l2:e}: {:.2}%", 100.0 * a))
+        .collect();
+    println!(
+        "  L2           {:e} (held-out top-1 on {:.0}% of train: {})",
+        r.l2,
+        100.0 * config.val_fraction,
+        grid.join(", ")
+    );
+    Ok(())
+}
+
+/// Runs `simclr knn`.
+pub fn knn(args: &KnnArgs) -> anyhow::Result<()> {
+    let e = extract(&args.eval)?;
+    let acc = simclr_eval::knn(
+        Features {
+            data: &e.train.features,
+            dim: e.dim,
+        },
+        &e.train.labels,
+        Features {
+            data: &e.test.features,
+            dim: e.dim,
+        },
+        &e.test.labels,
+        e.classes,
+        args.k,
+        args.temperature,
+    )?;
+    if args.eval.json {
+        let v = serde_json::json!({
+            "knn_top1": acc,
+            "k": args.k,
+            "temperature": args.temperature,
+            "checkpoint": e.weights.display().to_string(),
+            "random_init": args.eval.random_init,
+            "data": data_name(&args.eval),
+            "train_images": e.train.labels.len(),
+            "test_images": e.test.labels.len(),
+        });
+        println!("{v}");
+        return Ok(());
+    }
+    println!(
+        "weighted kNN (k = {}, τ = {}, cosine)",
+        args.k, args.temperature
+    );
+    println!("  encoder  {}", describe(&e, &args.eval));
+    println!(
+        "  data     {}: {} train, {} test images",
+        data_name(&args.eval),
+        e.train.labels.len(),
+        e.test.labels.len()
+    );
+    println!("  top-1    {:.2}%", 100.0 * acc);
+    Ok(())
+}

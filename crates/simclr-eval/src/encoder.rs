@@ -1,0 +1,229 @@
+//! Pretrained encoders loaded from safetensors: exported weights (`simclr export`) or training
+//! checkpoints (`simclr pretrain`), with everything needed to preprocess images the way the
+//! encoder was trained read from the file's metadata.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use simclr_augment::AugmentConfig;
+use simclr_data::{Dataset, Image};
+use simclr_model::io::{self, CHECKPOINT_FORMAT, ENCODER_FORMAT, IoError, SafetensorsFile};
+use simclr_model::{ModelConfig, SimClr};
+
+use crate::EvalError;
+
+/// Images per forward pass when embedding.
+const BATCH: usize = 256;
+
+/// A frozen encoder and its preprocessing.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use candle_core::Device;
+/// use simclr_data::{Dataset, Split};
+/// use simclr_eval::Encoder;
+/// use simclr_model::{ModelConfig, SimClr};
+///
+/// // A freshly initialised model stands in for a pretrained one here.
+/// let config = ModelConfig { width: 0.125, in_channels: 1, ..ModelConfig::resnet18_cifar() };
+/// let model = SimClr::new(&config, &Device::Cpu, 0)?;
+/// let dir = tempfile::tempdir()?;
+/// let path = dir.path().join("encoder.safetensors");
+/// Encoder::new(model, 28, vec![0.5], vec![0.5]).save(&path, false)?;
+///
+/// // What a user of exported weights writes:
+/// let encoder = Encoder::from_safetensors(&path, &Device::Cpu)?;
+/// let test = simclr_data::sample::fashion_mnist(Split::Test)?;
+/// let images: Vec<_> = (0..4).map(|i| test.get(i).image).collect();
+/// let h = encoder.embed(&images.iter().collect::<Vec<_>>())?;
+/// assert_eq!(h.len(), 4 * encoder.feature_dim());
+/// # Ok(())
+/// # }
+/// ```
+pub struct Encoder {
+    model: SimClr,
+    preprocess: AugmentConfig,
+    metadata: BTreeMap<String, String>,
+    device: Device,
+}
+
+fn meta_err(path: &Path, reason: String) -> EvalError {
+    EvalError::Weights(IoError::Metadata {
+        path: path.to_owned(),
+        reason,
+    })
+}
+
+impl Encoder {
+    /// Wraps a model with the preprocessing it was trained with: images resized to
+    /// `image_size` and normalised with `mean` / `std` (one value per channel).
+    pub fn new(model: SimClr, image_size: u32, mean: Vec<f32>, std: Vec<f32>) -> Self {
+        let mut preprocess = AugmentConfig::simclr(image_size, model.config().in_channels as u8);
+        preprocess.mean = mean;
+        preprocess.std = std;
+        let device = model
+            .named_vars()
+            .first()
+            .map_or(Device::Cpu, |(_, v)| v.device().clone());
+        Self {
+            device,
+            model,
+            preprocess,
+            metadata: BTreeMap::new(),
+        }
+    }
+
+    /// Loads exported weights or a training checkpoint onto `device`.
+    ///
+    /// # Errors
+    /// A missing, truncated or corrupt file, a file that is not from simclr-rs (no `format`
+    /// metadata), or tensors that do not fit the architecture its metadata names.
+    pub fn from_safetensors(path: &Path, device: &Device) -> Result<Self, EvalError> {
+        let file = SafetensorsFile::load(path, device)?;
+        let format = file.meta("format")?;
+        if format != ENCODER_FORMAT && format != CHECKPOINT_FORMAT {
+            return Err(meta_err(
+                path,
+                format!("unknown format `{format}`; expected simclr-rs weights or a checkpoint"),
+            ));
+        }
+        let config: ModelConfig = serde_json::from_str(file.meta("model")?)
+            .map_err(|e| meta_err(path, format!("metadata `model` is unreadable: {e}")))?;
+        let floats = |key: &str| -> Result<Vec<f32>, EvalError> {
+            serde_json::from_str(file.meta(key)?)
+                .map_err(|e| meta_err(path, format!("metadata `{key}` is unreadable: {e}")))
+        };
+        let (mean, std) = (floats("normalize_mean")?, floats("normalize_std")?);
+        let image_size: u32 = file
+            .meta("image_size")?
+            .parse()
+            .map_err(|e| meta_err(path, format!("metadata `image_size`: {e}")))?;
+        if mean.len() != config.in_channels || std.len() != config.in_channels {
+            return Err(meta_err(
+                path,
+                format!(
+                    "normalisation constants do not match {} channels",
+                    config.in_channels
+                ),
+            ));
+        }
+        let model = SimClr::new(&config, device, 0)?;
+        let with_head = file.tensors.keys().any(|k| k.starts_with("projector."));
+        model
+            .load_tensors(&file.tensors, with_head)
+            .map_err(|e| meta_err(path, e.to_string()))?;
+        let mut encoder = Self::new(model, image_size, mean, std);
+        encoder.metadata = file.metadata;
+        Ok(encoder)
+    }
+
+    /// The model (the head is freshly initialised when the file had none).
+    pub fn model(&self) -> &SimClr {
+        &self.model
+    }
+
+    /// The architecture.
+    pub fn config(&self) -> &ModelConfig {
+        self.model.config()
+    }
+
+    /// Width of the representation `h`.
+    pub fn feature_dim(&self) -> usize {
+        self.config().feature_dim()
+    }
+
+    /// The preprocessing (resize to `height × width`, normalise).
+    pub fn preprocess(&self) -> &AugmentConfig {
+        &self.preprocess
+    }
+
+    /// The metadata of the file it was loaded from (empty when built in memory).
+    pub fn metadata(&self) -> &BTreeMap<String, String> {
+        &self.metadata
+    }
+
+    /// The representations `h` of preprocessed `[B, C, H, W]` input, BatchNorm in eval mode.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor, EvalError> {
+        Ok(self.model.encode_t(x, false)?)
+    }
+
+    /// The representations of `images` (resized and normalised as in training), row-major
+    /// `images.len() × feature_dim`.
+    pub fn embed(&self, images: &[&Image]) -> Result<Vec<f32>, EvalError> {
+        let mut out = Vec::with_capacity(images.len() * self.feature_dim());
+        for chunk in images.chunks(BATCH) {
+            let v = self.preprocess.eval_batch(chunk)?;
+            let x = Tensor::from_vec(v.data, v.shape.as_slice(), self.model_device())?;
+            out.extend(self.forward(&x)?.flatten_all()?.to_vec1::<f32>()?);
+        }
+        Ok(out)
+    }
+
+    /// The representations of every image of `dataset`, in order; `progress` is called with
+    /// the number of images done after each batch.
+    pub fn embed_dataset(
+        &self,
+        dataset: &dyn Dataset,
+        progress: &mut dyn FnMut(usize),
+    ) -> Result<Vec<f32>, EvalError> {
+        let mut out = Vec::with_capacity(dataset.len() * self.feature_dim());
+        let mut start = 0;
+        while start < dataset.len() {
+            let end = (start + BATCH).min(dataset.len());
+            let images: Vec<Image> = (start..end).map(|i| dataset.get(i).image).collect();
+            out.extend(self.embed(&images.iter().collect::<Vec<_>>())?);
+            start = end;
+            progress(end);
+        }
+        Ok(out)
+    }
+
+    fn model_device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Writes the encoder (and the head with `with_head`) under torchvision's names, with
+    /// metadata: format, architecture, stem, width, channels, feature width, image size,
+    /// normalisation constants and the simclr-rs version, plus where it came from.
+    pub fn save(&self, path: &Path, with_head: bool) -> Result<(), EvalError> {
+        let c = self.config();
+        let tensors: Vec<(String, Tensor)> = self
+            .model
+            .tensors()
+            .into_iter()
+            .filter(|(n, _)| with_head || !n.starts_with("projector."))
+            .collect();
+        let json = |v: &dyn Fn() -> serde_json::Result<String>| v().expect("metadata serialises");
+        let mut meta = BTreeMap::from([
+            ("format".to_string(), ENCODER_FORMAT.to_string()),
+            ("simclr_version".into(), env!("CARGO_PKG_VERSION").into()),
+            ("model".into(), json(&|| serde_json::to_string(c))),
+            ("arch".into(), c.arch.to_string()),
+            ("stem".into(), c.stem.to_string()),
+            ("width".into(), c.width.to_string()),
+            ("in_channels".into(), c.in_channels.to_string()),
+            ("feature_dim".into(), c.feature_dim().to_string()),
+            ("image_size".into(), self.preprocess.height.to_string()),
+            (
+                "normalize_mean".into(),
+                json(&|| serde_json::to_string(&self.preprocess.mean)),
+            ),
+            (
+                "normalize_std".into(),
+                json(&|| serde_json::to_string(&self.preprocess.std)),
+            ),
+            ("with_head".into(), with_head.to_string()),
+            (
+                "layout".into(),
+                "NCHW input, OIHW convolution weights, BatchNorm eps 1e-5".into(),
+            ),
+        ]);
+        for key in ["epoch", "global_step", "seed"] {
+            if let Some(v) = self.metadata.get(key) {
+                meta.insert(format!("source_{key}"), v.clone());
+            }
+        }
+        Ok(io::save(path, &tensors, &meta)?)
+    }
+}
