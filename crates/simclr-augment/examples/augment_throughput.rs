@@ -65,7 +65,16 @@ fn main() {
     let done = run(1, images);
     let secs = start.elapsed().as_secs_f64();
     println!(
-        "{{\"bench\":\"augment\",\"impl\":\"simclr-rs\",\"size\":{size},\"threads\":{threads},\"blur\":{blur},\"images\":{done},\"images_per_s\":{:.1}}}",
-        done as f64 / secs
+        "{{\"bench\":\"augment\",\"impl\":\"simclr-rs\",\"size\":{size},\"threads\":{threads},\"blur\":{blur},\"images\":{done},\"images_per_s\":{:.1},\"peak_rss_mib\":{:.1}}}",
+        done as f64 / secs,
+        peak_rss_mib().unwrap_or(f64::NAN)
     );
+}
+
+/// Peak resident set size in MiB (`VmHWM`), Linux only.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
 }

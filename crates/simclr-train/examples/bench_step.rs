@@ -1,0 +1,91 @@
+//! One SimCLR training step timed the way `../shared/bench/torch_reference.py step` times
+//! PyTorch's: ResNet (CIFAR stem) + projection head + NT-Xent, forward, backward and an SGD
+//! momentum update (lr 0.1, momentum 0.9, weight decay 1e-6) on fixed random `2N` views.
+//!
+//! Usage: `bench_step [--arch resnet18] [--width 1.0] [--batch 128] [--size 32]
+//! [--channels 3] [--steps 5] [--warmup 2]`; prints one JSON line (median over `--steps`
+//! after `--warmup`, and the process's peak resident memory).
+
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use simclr_model::{ModelConfig, SimClr, Stem};
+use simclr_train::optim::{OptimConfig, OptimizerKind, build};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Peak resident set size in MiB (`VmHWM`), Linux only.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+fn main() -> candle_core::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let cfg = ModelConfig {
+        arch: arg(&args, "--arch", "resnet18".to_string())
+            .parse()
+            .map_err(candle_core::Error::msg)?,
+        stem: Stem::Cifar,
+        width: arg(&args, "--width", 1.0),
+        in_channels: arg(&args, "--channels", 3),
+        head_hidden: None,
+        proj_dim: 128,
+    };
+    let batch: usize = arg(&args, "--batch", 128);
+    let size: usize = arg(&args, "--size", 32);
+    let (steps, warmup): (usize, usize) = (arg(&args, "--steps", 5), arg(&args, "--warmup", 2));
+    let dev = Device::Cpu;
+    let model = SimClr::new(&cfg, &dev, 0)?;
+    let vars = model.trainable_vars().into_iter().map(|(_, v)| v).collect();
+    let mut opt = build(
+        OptimizerKind::Sgd,
+        vars,
+        OptimConfig {
+            lr: 0.1,
+            momentum: 0.9,
+            weight_decay: 1e-6,
+            exclude_bias_norm: false,
+            ..OptimConfig::default()
+        },
+    )?;
+    let x = Tensor::randn(0f32, 1.0, (2 * batch, cfg.in_channels, size, size), &dev)?;
+    let mut times = Vec::new();
+    let mut loss_last = 0.0;
+    for i in 0..warmup + steps {
+        let t = Instant::now();
+        let (_, z) = model.forward_t(&x, true)?;
+        let loss = simclr_loss::nt_xent(&z.narrow(0, 0, batch)?, &z.narrow(0, batch, batch)?, 0.5)?;
+        let grads = loss.backward()?;
+        opt.step(&grads)?;
+        loss_last = loss.to_scalar::<f32>()?;
+        if i >= warmup {
+            times.push(t.elapsed().as_secs_f64());
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    println!(
+        "{{\"bench\":\"step\",\"framework\":\"simclr-rs\",\"arch\":\"{}\",\"width\":{},\"batch_images\":{batch},\"views\":{},\"size\":{size},\"channels\":{},\"threads\":{},\"step_s_median\":{median:.4},\"step_s_min\":{:.4},\"views_per_s\":{:.2},\"peak_rss_mib\":{:.1},\"loss_last\":{loss_last}}}",
+        cfg.arch,
+        cfg.width,
+        2 * batch,
+        cfg.in_channels,
+        candle_core::utils::get_num_threads(),
+        times[0],
+        (2 * batch) as f64 / median,
+        peak_rss_mib().unwrap_or(f64::NAN),
+    );
+    Ok(())
+}

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# simclr-rs against PyTorch on this machine, in one run:
+#   1. the SimCLR training step (ResNet-18 CIFAR stem + head + NT-Xent, forward, backward,
+#      SGD-momentum update) at 2x128 views of 32x32x3, and the 1/4-width variant at 2x128 views
+#      of 28x28x1: views/s, median of 5 steps after 2 warm-up steps;
+#   2. two-view augmentation throughput at 32x32 and at 96x96 with blur, 1 and 2 threads;
+#   3. peak resident memory of each;
+# then one table (ours, PyTorch's, the ratio, our share of the machine's fp32 peak) and a JSON
+# copy in bench-results/.
+#
+# The reference is ../shared/bench/torch_reference.py (override with TORCH_REFERENCE); its venv
+# is created on first use in .venv-torch/ (ignored by git; a few GB from PyPI; override with
+# TORCH_VENV).
+#
+# Usage: bash scripts/bench.sh            full run (about 15 minutes on 2 cores)
+#        bash scripts/bench.sh --smoke    tiny sizes, seconds; PyTorch only if its venv exists
+#        bash scripts/bench.sh --no-torch our side only
+# Run on an otherwise idle machine: every figure is wall-clock.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+smoke=0
+torch=1
+for a in "$@"; do
+    case "$a" in
+        --smoke) smoke=1 ;;
+        --no-torch) torch=0 ;;
+        *) echo "unknown option $a" >&2; exit 2 ;;
+    esac
+done
+threads=${THREADS:-2}
+ref=${TORCH_REFERENCE:-../shared/bench/torch_reference.py}
+venv=${TORCH_VENV:-.venv-torch}
+
+if [ "$torch" = 1 ]; then
+    if [ ! -f "$ref" ]; then
+        echo "note: no PyTorch reference at $ref; measuring simclr-rs only" >&2
+        torch=0
+    elif [ ! -x "$venv/bin/python" ]; then
+        if [ "$smoke" = 1 ]; then
+            torch=0
+        else
+            echo "creating the PyTorch venv in $venv (torch, torchvision from PyPI)…" >&2
+            python3 -m venv "$venv"
+            "$venv/bin/pip" install -q torch torchvision
+        fi
+    fi
+fi
+
+cargo build --release -q -p simclr-train --example bench_step
+cargo build --release -q -p simclr-augment --example augment_throughput
+step=target/release/examples/bench_step
+aug=target/release/examples/augment_throughput
+
+if [ "$smoke" = 1 ]; then
+    steps=(
+        "--arch resnet18 --width 0.125 --batch 8 --size 16 --channels 3 --steps 1 --warmup 1"
+        "--arch resnet18 --width 0.125 --batch 8 --size 16 --channels 1 --steps 1 --warmup 1"
+    )
+    images=200
+else
+    steps=(
+        "--arch resnet18 --width 1.0 --batch 128 --size 32 --channels 3 --steps 5 --warmup 2"
+        "--arch resnet18 --width 0.25 --batch 128 --size 28 --channels 1 --steps 5 --warmup 2"
+    )
+    images=4000
+fi
+
+results=$(mktemp)
+trap 'rm -f "$results"' EXIT
+for s in "${steps[@]}"; do
+    echo "step $s" >&2
+    RAYON_NUM_THREADS=$threads "$step" $s | tee -a "$results"
+    if [ "$torch" = 1 ]; then
+        # shellcheck disable=SC2086
+        "$venv/bin/python" "$ref" step $s --threads "$threads" | tee -a "$results"
+    fi
+done
+for t in 1 2; do
+    "$aug" --size 32 --images "$images" --threads "$t" | tee -a "$results"
+    "$aug" --size 96 --images "$((images / 4))" --threads "$t" --blur | tee -a "$results"
+done
+if [ "$torch" = 1 ]; then
+    # torchvision's pipeline runs in one process (its thread count does not apply to PIL).
+    "$venv/bin/python" "$ref" augment --size 32 --images "$((images / 2))" --threads 1 | tee -a "$results"
+    "$venv/bin/python" "$ref" augment --size 96 --images "$((images / 8))" --threads 1 --blur | tee -a "$results"
+fi
+
+mkdir -p bench-results
+name="bench-results/$(date -u +%Y%m%dT%H%M%SZ)-$(git rev-parse --short HEAD 2>/dev/null || echo unknown).json"
+python3 scripts/bench_table.py "$results" "$name"

@@ -1,0 +1,108 @@
+#!/usr/bin/env python3
+"""Turns the JSON lines of scripts/bench.sh into one table (stdout) and a JSON file.
+
+Usage: bench_table.py RESULTS.jsonl OUT.json
+Share of peak (override the per-core figure with PEAK_GFLOPS_PER_CORE): training FLOPs (3x the forward pass, counted layer by layer for the ResNet
+with CIFAR stem and the projection head) per second, over cores x 2 FMA pipes x 8 fp32 lanes x
+2 flops x the clock /proc/cpuinfo reports.
+"""
+import json
+import os
+import sys
+
+
+def resnet_cifar_forward_flops(arch, width, size, channels, proj_dim=128):
+    """Multiply-adds x 2 of one view's forward pass (convolutions and linear layers)."""
+    blocks = {"resnet18": [2, 2, 2, 2], "resnet34": [3, 4, 6, 3]}[arch]
+    planes = [int(p * width) for p in (64, 128, 256, 512)]
+    flops = 2 * channels * planes[0] * 9 * size * size  # 3x3 stem, stride 1
+    cin, h = planes[0], size
+    for stage, (n, p) in enumerate(zip(blocks, planes)):
+        for b in range(n):
+            stride = 2 if stage > 0 and b == 0 else 1
+            h_out = (h + stride - 1) // stride
+            flops += 2 * cin * p * 9 * h_out * h_out  # conv1
+            flops += 2 * p * p * 9 * h_out * h_out  # conv2
+            if stride != 1 or cin != p:
+                flops += 2 * cin * p * h_out * h_out  # 1x1 downsample
+            cin, h = p, h_out
+    flops += 2 * cin * cin + 2 * cin * proj_dim  # head
+    return flops
+
+
+def peak_gflops(threads):
+    if os.environ.get("PEAK_GFLOPS_PER_CORE"):
+        return threads * float(os.environ["PEAK_GFLOPS_PER_CORE"])
+    mhz = None
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("cpu MHz"):
+                    mhz = float(line.split(":")[1])
+                    break
+    except OSError:
+        pass
+    if mhz is None:
+        return None
+    return threads * 2 * 8 * 2 * mhz / 1000.0
+
+
+def main():
+    rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip().startswith("{")]
+    out_path = sys.argv[2]
+    table = []
+    ours_steps = [r for r in rows if r["bench"] == "step" and r.get("framework") == "simclr-rs"]
+    for r in ours_steps:
+        ref = next((t for t in rows if t["bench"] == "step" and t.get("framework") == "pytorch"
+                    and t["width"] == r["width"] and t["size"] == r["size"]
+                    and t["views"] == r["views"]), None)
+        flops = 3 * resnet_cifar_forward_flops(r["arch"], r["width"], r["size"], r["channels"])
+        peak = peak_gflops(r["threads"])
+        share = lambda vps: None if peak is None else flops * vps / 1e9 / peak
+        table.append({
+            "what": f"step {r['arch']} w{r['width']:g} {r['views']}x{r['size']}x{r['size']}x{r['channels']}",
+            "unit": "views/s",
+            "ours": r["views_per_s"],
+            "pytorch": ref and ref["views_per_s"],
+            "ratio": ref and r["views_per_s"] / ref["views_per_s"],
+            "ours_peak_share": share(r["views_per_s"]),
+            "pytorch_peak_share": ref and share(ref["views_per_s"]),
+            "ours_rss_mib": r["peak_rss_mib"],
+            "pytorch_rss_mib": ref and ref["peak_rss_mib"],
+        })
+    for r in (r for r in rows if r["bench"] == "augment" and r.get("impl") == "simclr-rs"):
+        ref = next((t for t in rows if t["bench"] == "augment" and t.get("framework") == "torchvision"
+                    and t["size"] == r["size"] and t["blur"] == r["blur"]), None)
+        table.append({
+            "what": f"augment {r['size']}x{r['size']}{' blur' if r['blur'] else ''} {r['threads']} thread{'s' if r['threads'] > 1 else ''}",
+            "unit": "images/s",
+            "ours": r["images_per_s"],
+            "pytorch": ref and ref["images_per_s"],
+            "ratio": ref and r["images_per_s"] / ref["images_per_s"],
+            "ours_peak_share": None,
+            "pytorch_peak_share": None,
+            "ours_rss_mib": r.get("peak_rss_mib"),
+            "pytorch_rss_mib": ref and ref["peak_rss_mib"],
+        })
+
+    def fmt(v, spec):
+        width = int(spec.split(".")[0] or 0)
+        return "-".rjust(width) if v is None else format(v, spec)
+
+    head = f"{'measurement':34} {'unit':9} {'simclr-rs':>10} {'PyTorch':>10} {'ratio':>7} {'ours %peak':>10} {'torch %peak':>11} {'RSS MiB':>9} {'torch RSS':>9}"
+    print(head)
+    print("-" * len(head))
+    for t in table:
+        print(f"{t['what']:34} {t['unit']:9} {fmt(t['ours'], '10.1f')} {fmt(t['pytorch'], '10.1f')} "
+              f"{fmt(t['ratio'], '6.2f')}x {fmt(t['ours_peak_share'] and 100 * t['ours_peak_share'], '9.1f')}% "
+              f"{fmt(t['pytorch_peak_share'] and 100 * t['pytorch_peak_share'], '10.1f')}% "
+              f"{fmt(t['ours_rss_mib'], '9.0f')} {fmt(t['pytorch_rss_mib'], '9.0f')}")
+    peak = peak_gflops(2)
+    print(f"\nfp32 peak assumed: {fmt(peak, '.0f')} GFLOP/s at 2 threads (cores x 2 FMA x 8 lanes x 2 x clock)")
+    with open(out_path, "w") as f:
+        json.dump({"table": table, "raw": rows, "cpus": os.cpu_count()}, f, indent=1)
+    print(f"written {out_path}")
+
+
+if __name__ == "__main__":
+    main()
