@@ -170,6 +170,11 @@ fn pretrain_writes_config_metrics_and_checkpoints_then_resumes() {
         }
     }
     assert!(run.join("last.safetensors").is_file());
+    let curves = image::open(run.join("curves.png")).unwrap();
+    assert_eq!((curves.width(), curves.height()), (1200, 450));
+    let out = simclr(&["plot", "run", "--out", "again.png"], dir.path());
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(dir.path().join("again.png").is_file());
 
     // Resume for one more step: the run's own config, its position, appended metrics.
     let out = simclr(

@@ -34,6 +34,8 @@ pub enum Command {
     /// Representations of every image of a dataset or folder, in order, to .safetensors,
     /// .npy or .csv.
     Embed(commands::weights::EmbedArgs),
+    /// Draw the loss and accuracy curves of a run (from its metrics.jsonl) as a PNG.
+    Plot(commands::plot::PlotArgs),
     /// Metadata and tensor table of a safetensors file (checkpoint or exported weights).
     Inspect(commands::weights::InspectArgs),
     /// Write a PNG grid of images beside their two augmented views, to see what the
@@ -122,6 +124,7 @@ pub fn run() -> anyhow::Result<()> {
         Command::Export(args) => commands::weights::export(&args),
         Command::Embed(args) => commands::weights::embed(&args),
         Command::Inspect(args) => commands::weights::inspect(&args),
+        Command::Plot(args) => commands::plot::run(&args),
         Command::AugmentPreview(args) => commands::augment_preview::run(&args),
     }
 }

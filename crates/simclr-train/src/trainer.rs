@@ -332,6 +332,11 @@ impl Trainer {
         &self.augment
     }
 
+    /// The run directory.
+    pub fn out_dir(&self) -> &Path {
+        &self.out
+    }
+
     /// Full batches per epoch.
     pub fn steps_per_epoch(&self) -> u64 {
         self.steps_per_epoch

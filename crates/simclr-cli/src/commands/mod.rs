@@ -2,5 +2,6 @@
 
 pub mod augment_preview;
 pub mod evaluate;
+pub mod plot;
 pub mod pretrain;
 pub mod weights;

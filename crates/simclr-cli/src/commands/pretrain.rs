@@ -428,6 +428,10 @@ pub fn run(args: &PretrainArgs) -> anyhow::Result<()> {
         summary.images_per_s,
         100.0 * summary.data_wait_share
     );
+    match crate::commands::plot::plot_run(trainer.out_dir(), None) {
+        Ok(p) => eprintln!("curves: {}", p.display()),
+        Err(e) => eprintln!("warning: no plot: {e:#}"),
+    }
     if let Some(p) = &summary.checkpoint {
         eprintln!("checkpoint: {}", p.display());
         if summary.outcome != Outcome::Finished {
