@@ -10,6 +10,7 @@
 //! only [`SimClr::trainable_vars`].
 
 mod config;
+pub mod conv;
 pub mod io;
 mod resnet;
 

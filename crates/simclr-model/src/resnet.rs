@@ -7,7 +7,7 @@
 //! asked: every forward takes `train` (`ModuleT`).
 
 use candle_core::{D, Module, ModuleT, Result, Tensor};
-use candle_nn::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, Linear, VarBuilder};
+use candle_nn::{BatchNorm, BatchNormConfig, Linear, VarBuilder};
 
 use crate::{ModelConfig, Stem};
 
@@ -26,18 +26,48 @@ fn bn(channels: usize, vb: VarBuilder) -> Result<BatchNorm> {
     )
 }
 
-fn conv(cin: usize, cout: usize, k: usize, stride: usize, vb: VarBuilder) -> Result<Conv2d> {
-    let cfg = Conv2dConfig {
-        padding: k / 2,
-        stride,
-        ..Default::default()
-    };
-    candle_nn::conv2d_no_bias(cin, cout, k, cfg, vb)
+/// A bias-free convolution (`weight` `[cout, cin, k, k]`, as `nn.Conv2d(bias=False)` names
+/// it) run by [`crate::conv::conv2d`], whose CPU backward is far faster than candle's.
+struct Conv {
+    weight: Tensor,
+    stride: usize,
+    padding: usize,
+}
+
+impl Conv {
+    fn new(
+        cin: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        padding: usize,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let weight = vb.get_with_hints(
+            (cout, cin, k, k),
+            "weight",
+            candle_nn::init::DEFAULT_KAIMING_NORMAL,
+        )?;
+        Ok(Self {
+            weight,
+            stride,
+            padding,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        crate::conv::conv2d(x, &self.weight, self.stride, self.padding)
+    }
+}
+
+/// A `k`×`k` convolution with "same" padding `k / 2`.
+fn conv(cin: usize, cout: usize, k: usize, stride: usize, vb: VarBuilder) -> Result<Conv> {
+    Conv::new(cin, cout, k, stride, k / 2, vb)
 }
 
 /// `downsample`: 1×1 strided convolution + BN, on the shortcut when the shape changes.
 struct Downsample {
-    conv: Conv2d,
+    conv: Conv,
     bn: BatchNorm,
 }
 
@@ -56,7 +86,7 @@ impl Downsample {
 
 /// A residual block: BasicBlock (two 3×3) or Bottleneck (1×1, 3×3, 1×1 with expansion 4).
 struct Block {
-    convs: Vec<(Conv2d, BatchNorm)>,
+    convs: Vec<(Conv, BatchNorm)>,
     downsample: Option<Downsample>,
 }
 
@@ -165,7 +195,7 @@ pub fn max_pool_3x3_s2(x: &Tensor) -> Result<Tensor> {
 
 /// The ResNet encoder: stem, four stages, global average pool.
 pub struct ResNet {
-    conv1: Conv2d,
+    conv1: Conv,
     bn1: BatchNorm,
     stem: Stem,
     stages: Vec<Vec<Block>>,
@@ -177,17 +207,7 @@ impl ResNet {
         let c0 = cfg.planes(0);
         let (conv1, stem) = match cfg.stem {
             Stem::Imagenet => (
-                candle_nn::conv2d_no_bias(
-                    cfg.in_channels,
-                    c0,
-                    7,
-                    Conv2dConfig {
-                        padding: 3,
-                        stride: 2,
-                        ..Default::default()
-                    },
-                    vb.pp("conv1"),
-                )?,
+                Conv::new(cfg.in_channels, c0, 7, 2, 3, vb.pp("conv1"))?,
                 Stem::Imagenet,
             ),
             Stem::Cifar => (

@@ -1,0 +1,717 @@
+//! A fast CPU 2-D convolution (no bias, dilation 1, one group, f32) with its backward pass, as
+//! candle custom ops on the `gemm` crate.
+//!
+//! candle 0.11's CPU convolution backward is slow (the input gradient goes through a
+//! dot-product `conv_transpose2d`) and fails on strided non-square inputs whose sides need
+//! different output paddings (9×6, stride 2). Here every pass is an im2col/col2im around
+//! sgemm:
+//!
+//! - forward: `Y[O, OH·OW] = W[O, C·K·K] · col[C·K·K, OH·OW]`;
+//! - weight gradient: `dW[O, C·K·K] = Σₙ dY[O, OH·OW] · colᵀ`;
+//! - input gradient: `dcol = Wᵀ · dY`, scatter-added back by col2im.
+//!
+//! Each gemm gets about 256 columns: a large image is cut into tiles of whole output
+//! rows (so `col` stays in the L2 cache), small ones are stacked side by side
+//! (`col[C·K·K, G·OH·OW]`). A 1×1 stride-1 unpadded convolution skips im2col/col2im (`col`
+//! is the image itself); a stride-1 "same" convolution builds each row of `col` with one
+//! shifted copy. Images are spread over rayon's pool, each gemm single-threaded
+//! (`Parallelism::None`) with per-thread scratch buffers kept between calls; the weight
+//! gradient sums one partial per thread, which measured faster than accumulating into one
+//! buffer with gemm's own parallelism.
+
+use std::cell::RefCell;
+use std::mem::MaybeUninit;
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, bail};
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+/// Columns (output pixels) each gemm should have: stacked images when one has fewer, tiles of
+/// whole output rows when it has more. Below a few hundred, packing the left operand
+/// dominates; above, `col` outgrows the L2 cache.
+const GEMM_COLS: usize = 256;
+
+/// A 2-D convolution without bias (dilation 1, one group), with a fast CPU path.
+///
+/// `x` is `[N, C, H, W]`, `w` is `[O, C, K, K]`; the result is `[N, O, OH, OW]` with
+/// `OH = (H + 2·padding − K) / stride + 1` (likewise `OW`), as `Tensor::conv2d` computes.
+/// On the CPU in f32 with a square kernel it runs the gemm-based custom op of this module,
+/// forward and backward (the gradients it returns are constants: no second derivative);
+/// otherwise (other devices or dtypes, a non-square kernel) it is candle's `conv2d`.
+///
+/// # Errors
+/// Shape mismatches (`w`'s `C` against `x`'s, a kernel larger than the padded input, a zero
+/// stride) and candle's own errors.
+pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
+    let (_, _, h, wd) = x.dims4()?;
+    let (_, _, k, kw) = w.dims4()?;
+    let fast = x.device().is_cpu()
+        && w.device().is_cpu()
+        && x.dtype() == DType::F32
+        && w.dtype() == DType::F32
+        && k == kw;
+    if !fast {
+        return x.conv2d(w, padding, stride, 1, 1);
+    }
+    let op = Conv2dOp {
+        stride,
+        padding,
+        in_hw: (h, wd),
+        kernel: k,
+    };
+    x.contiguous()?.apply_op2(&w.contiguous()?, op)
+}
+
+/// The convolution's geometry.
+#[derive(Clone, Copy, Debug)]
+struct Geom {
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    o: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+    oh: usize,
+    ow: usize,
+}
+
+impl Geom {
+    fn new(
+        (n, c, h, w): (usize, usize, usize, usize),
+        (o, k): (usize, usize),
+        stride: usize,
+        pad: usize,
+    ) -> Result<Self> {
+        if stride == 0 {
+            bail!("conv2d: stride must be positive")
+        }
+        if k == 0 || h + 2 * pad < k || w + 2 * pad < k {
+            bail!("conv2d: kernel {k}x{k} larger than the padded input {h}x{w} (padding {pad})")
+        }
+        Ok(Self {
+            n,
+            c,
+            h,
+            w,
+            o,
+            k,
+            stride,
+            pad,
+            oh: (h + 2 * pad - k) / stride + 1,
+            ow: (w + 2 * pad - k) / stride + 1,
+        })
+    }
+
+    /// Rows of `col`: `C·K·K`.
+    fn ckk(&self) -> usize {
+        self.c * self.k * self.k
+    }
+
+    /// Output pixels per image.
+    fn ohw(&self) -> usize {
+        self.oh * self.ow
+    }
+
+    /// Input scalars per image.
+    fn chw(&self) -> usize {
+        self.c * self.h * self.w
+    }
+
+    /// Output scalars per image.
+    fn out_len(&self) -> usize {
+        self.o * self.ohw()
+    }
+
+    /// A 1×1 stride-1 unpadded convolution: `col` is the image itself.
+    fn pointwise(&self) -> bool {
+        self.k == 1 && self.stride == 1 && self.pad == 0
+    }
+
+    /// Images per task, stacked into one gemm: enough for [`GEMM_COLS`] columns, but no more
+    /// than leaves every thread a task.
+    fn group(&self) -> usize {
+        let threads = rayon::current_num_threads().max(1);
+        let per_thread = self.n.div_ceil(threads).max(1);
+        GEMM_COLS.div_ceil(self.ohw().max(1)).clamp(1, per_thread)
+    }
+
+    /// The gemms of a task of `gn` images, as ranges of output rows: all rows when images are
+    /// stacked, else tiles of about [`GEMM_COLS`] columns.
+    fn row_tiles(&self, gn: usize) -> impl Iterator<Item = (usize, usize)> + use<> {
+        let rows = if gn > 1 {
+            self.oh
+        } else {
+            (GEMM_COLS / self.ow.max(1)).clamp(1, self.oh.max(1))
+        };
+        let oh = self.oh;
+        (0..oh)
+            .step_by(rows)
+            .map(move |r0| (r0, (r0 + rows).min(oh)))
+    }
+
+    /// The output positions `[lo, hi)` along one axis (input length `len`, output length
+    /// `out`) whose kernel tap `t` lands inside the input.
+    fn valid(&self, t: usize, len: usize, out: usize) -> (usize, usize) {
+        let (s, p) = (self.stride, self.pad);
+        let lo = if t >= p { 0 } else { (p - t).div_ceil(s) };
+        let hi = if len + p <= t {
+            0
+        } else {
+            ((len + p - 1 - t) / s + 1).min(out)
+        };
+        (lo.min(hi), hi)
+    }
+}
+
+/// A strided read-only matrix view.
+#[derive(Clone, Copy)]
+struct View<'a> {
+    data: &'a [f32],
+    rows: usize,
+    cols: usize,
+    rs: usize,
+    cs: usize,
+}
+
+impl<'a> View<'a> {
+    fn row_major(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        Self::strided(data, rows, cols, cols)
+    }
+
+    /// Row-major rows `ld` scalars apart.
+    fn strided(data: &'a [f32], rows: usize, cols: usize, ld: usize) -> Self {
+        Self {
+            data,
+            rows,
+            cols,
+            rs: ld,
+            cs: 1,
+        }
+    }
+
+    fn t(self) -> Self {
+        Self {
+            rows: self.cols,
+            cols: self.rows,
+            rs: self.cs,
+            cs: self.rs,
+            ..self
+        }
+    }
+
+    /// One past the last scalar the view reads.
+    fn end(&self) -> usize {
+        if self.rows == 0 || self.cols == 0 {
+            0
+        } else {
+            (self.rows - 1) * self.rs + (self.cols - 1) * self.cs + 1
+        }
+    }
+}
+
+/// `dst = lhs · rhs` (or `dst += lhs · rhs` when `accumulate`), `dst` row-major
+/// `[lhs.rows, rhs.cols]` with rows `dst_rs` scalars apart; single-threaded.
+fn matmul(dst: &mut [f32], dst_rs: usize, lhs: View, rhs: View, accumulate: bool) {
+    let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
+    assert_eq!(rhs.rows, k, "matmul: inner dimensions differ");
+    assert!(lhs.end() <= lhs.data.len() && rhs.end() <= rhs.data.len());
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(
+        dst_rs >= n && (m - 1) * dst_rs + n <= dst.len(),
+        "matmul: destination too small"
+    );
+    if k == 0 {
+        if !accumulate {
+            for row in dst.chunks_mut(dst_rs).take(m) {
+                row[..n].fill(0.0);
+            }
+        }
+        return;
+    }
+    // SAFETY: the asserts above keep every index gemm touches, `(m−1)·rs + (n−1)·cs` for each
+    // operand, inside its slice; `dst` is exclusively borrowed and the operands are shared
+    // borrows, so they cannot alias it. gemm computes `dst = alpha·dst + beta·lhs·rhs`,
+    // reading `dst` only when `read_dst`.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_rs as isize,
+            accumulate,
+            lhs.data.as_ptr(),
+            lhs.cs as isize,
+            lhs.rs as isize,
+            rhs.data.as_ptr(),
+            rhs.cs as isize,
+            rhs.rs as isize,
+            if accumulate { 1.0 } else { 0.0 },
+            1.0,
+            false,
+            false,
+            false,
+            Parallelism::None,
+        )
+    }
+}
+
+thread_local! {
+    /// Per-thread scratch (`col` and the stacked output/gradient), grown as needed and kept
+    /// between calls.
+    static SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Runs `f` on this thread's scratch buffers of `a` and `b` scalars (contents unspecified).
+fn with_scratch<R>(a: usize, b: usize, f: impl FnOnce(&mut [f32], &mut [f32]) -> R) -> R {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut s) => {
+            let (x, y) = &mut *s;
+            if x.len() < a {
+                x.resize(a, 0.0);
+            }
+            if y.len() < b {
+                y.resize(b, 0.0);
+            }
+            f(&mut x[..a], &mut y[..b])
+        }
+        // Re-entered on this thread (cannot happen with single-threaded gemm, kept safe).
+        Err(_) => f(&mut vec![0.0; a], &mut vec![0.0; b]),
+    })
+}
+
+/// Writes output rows `[r0, r1)` of image `x` (`[C, H, W]`) as `col[C·K·K, (r1−r0)·OW]`,
+/// rows `ld` scalars apart.
+fn im2col(x: &[f32], g: &Geom, (r0, r1): (usize, usize), col: &mut [f32], ld: usize) {
+    let (h, w, ow, s, p) = (g.h, g.w, g.ow, g.stride, g.pad);
+    let same = s == 1 && ow == w;
+    for c in 0..g.c {
+        let xc = &x[c * h * w..(c + 1) * h * w];
+        for ki in 0..g.k {
+            let (oh_lo, oh_hi) = g.valid(ki, h, g.oh);
+            let (lo, hi) = (oh_lo.clamp(r0, r1), oh_hi.clamp(r0, r1));
+            for kj in 0..g.k {
+                let (ow_lo, ow_hi) = g.valid(kj, w, ow);
+                let r = (c * g.k + ki) * g.k + kj;
+                let row = &mut col[r * ld..r * ld + (r1 - r0) * ow];
+                row[..(lo - r0) * ow].fill(0.0);
+                row[(hi.max(lo) - r0) * ow..].fill(0.0);
+                if lo >= hi {
+                    continue;
+                }
+                if same {
+                    // Rows of `x` and of `col` are equally long: the valid rows are one shifted
+                    // copy, then the taps that wrapped past a row's edge are zeroed.
+                    let (d0, d1) = ((lo - r0) * w + ow_lo, (hi - 1 - r0) * w + ow_hi);
+                    let s0 = (lo + ki - p) * w + ow_lo + kj - p;
+                    row[d0..d1].copy_from_slice(&xc[s0..s0 + d1 - d0]);
+                    if ow_lo > 0 || ow_hi < w {
+                        for dst in row[(lo - r0) * w..(hi - r0) * w].chunks_exact_mut(w) {
+                            dst[..ow_lo].fill(0.0);
+                            dst[ow_hi..].fill(0.0);
+                        }
+                    }
+                    continue;
+                }
+                for (oh, dst) in (lo..hi).zip(row[(lo - r0) * ow..].chunks_exact_mut(ow)) {
+                    let src = &xc[(oh * s + ki - p) * w..][..w];
+                    dst[..ow_lo].fill(0.0);
+                    dst[ow_hi..].fill(0.0);
+                    let taps = src[ow_lo * s + kj - p..].iter().step_by(s);
+                    for (d, v) in dst[ow_lo..ow_hi].iter_mut().zip(taps) {
+                        *d = *v;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Scatter-adds `col[C·K·K, (r1−r0)·OW]` (rows `ld` scalars apart), output rows `[r0, r1)`,
+/// into image `dx` (`[C, H, W]`): the adjoint of [`im2col`]. Zeroes the entries of `col` that
+/// fall in the padding.
+fn col2im(col: &mut [f32], ld: usize, g: &Geom, (r0, r1): (usize, usize), dx: &mut [f32]) {
+    let (h, w, ow, s, p) = (g.h, g.w, g.ow, g.stride, g.pad);
+    let same = s == 1 && ow == w;
+    for c in 0..g.c {
+        let xc = &mut dx[c * h * w..(c + 1) * h * w];
+        for ki in 0..g.k {
+            let (oh_lo, oh_hi) = g.valid(ki, h, g.oh);
+            let (lo, hi) = (oh_lo.clamp(r0, r1), oh_hi.clamp(r0, r1));
+            if lo >= hi {
+                continue;
+            }
+            for kj in 0..g.k {
+                let (ow_lo, ow_hi) = g.valid(kj, w, ow);
+                let r = (c * g.k + ki) * g.k + kj;
+                let row = &mut col[r * ld + (lo - r0) * ow..r * ld + (hi - r0) * ow];
+                if same {
+                    // The mirror of im2col's shifted copy: drop the padding taps, then add the
+                    // valid rows as one block.
+                    if ow_lo > 0 || ow_hi < w {
+                        for src in row.chunks_exact_mut(w) {
+                            src[..ow_lo].fill(0.0);
+                            src[ow_hi..].fill(0.0);
+                        }
+                    }
+                    let (d0, d1) = (ow_lo, (hi - 1 - lo) * w + ow_hi);
+                    let s0 = (lo + ki - p) * w + ow_lo + kj - p;
+                    for (d, v) in xc[s0..s0 + d1 - d0].iter_mut().zip(&row[d0..d1]) {
+                        *d += v;
+                    }
+                    continue;
+                }
+                for (oh, src) in (lo..hi).zip(row.chunks_exact(ow)) {
+                    let dst = &mut xc[(oh * s + ki - p) * w..][..w];
+                    let taps = dst[ow_lo * s + kj - p..].iter_mut().step_by(s);
+                    for (d, v) in taps.zip(&src[ow_lo..ow_hi]) {
+                        *d += v;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Stacks `gn` images' `[rows, per]` blocks (`src`, image-major) side by side into
+/// `dst[rows, gn·per]`.
+fn stack(src: &[f32], rows: usize, per: usize, gn: usize, dst: &mut [f32]) {
+    for i in 0..gn {
+        for r in 0..rows {
+            let at = r * gn * per + i * per;
+            dst[at..at + per].copy_from_slice(&src[(i * rows + r) * per..][..per]);
+        }
+    }
+}
+
+/// The inverse of [`stack`]: `src[rows, gn·per]` back to image-major `[gn, rows, per]`.
+fn unstack(src: &[f32], rows: usize, per: usize, gn: usize, dst: &mut [f32]) {
+    for i in 0..gn {
+        for r in 0..rows {
+            let at = r * gn * per + i * per;
+            dst[(i * rows + r) * per..][..per].copy_from_slice(&src[at..at + per]);
+        }
+    }
+}
+
+/// The forward pass: `[N, C, H, W]` ⊛ `[O, C, K, K]` → `[N, O, OH, OW]`.
+fn forward(x: &[f32], wt: &[f32], g: &Geom) -> Vec<f32> {
+    let (o, ckk, ohw, chw, ow) = (g.o, g.ckk(), g.ohw(), g.chw(), g.ow);
+    let mut y = vec![0f32; g.n * g.out_len()];
+    if y.is_empty() {
+        return y;
+    }
+    let grp = g.group();
+    let w_m = View::row_major(wt, o, ckk);
+    y.par_chunks_mut(grp * g.out_len())
+        .enumerate()
+        .for_each(|(i, yc)| {
+            let gn = yc.len() / g.out_len();
+            let xs = &x[i * grp * chw..(i * grp + gn) * chw];
+            if gn == 1 && g.pointwise() {
+                matmul(yc, ohw, w_m, View::row_major(xs, g.c, ohw), false);
+                return;
+            }
+            for (r0, r1) in g.row_tiles(gn) {
+                let per = (r1 - r0) * ow;
+                let cols = gn * per;
+                with_scratch(ckk * cols, if gn > 1 { o * cols } else { 0 }, |col, tmp| {
+                    for j in 0..gn {
+                        im2col(&xs[j * chw..], g, (r0, r1), &mut col[j * per..], cols);
+                    }
+                    let col = View::row_major(col, ckk, cols);
+                    if gn == 1 {
+                        matmul(&mut yc[r0 * ow..], ohw, w_m, col, false);
+                    } else {
+                        matmul(tmp, cols, w_m, col, false);
+                        unstack(tmp, o, ohw, gn, yc);
+                    }
+                })
+            }
+        });
+    y
+}
+
+/// The input gradient: `dY` `[N, O, OH, OW]` and `W` → `dX` `[N, C, H, W]`.
+fn input_grad(dy: &[f32], wt: &[f32], g: &Geom) -> Vec<f32> {
+    let (o, ckk, ohw, chw, ow) = (g.o, g.ckk(), g.ohw(), g.chw(), g.ow);
+    let len = g.n * chw;
+    let mut dx: Vec<f32> = Vec::with_capacity(len);
+    if len == 0 {
+        return dx;
+    }
+    let grp = g.group();
+    let wt_m = View::row_major(wt, o, ckk).t(); // [C·K·K, O]
+    dx.spare_capacity_mut()[..len]
+        .par_chunks_mut(grp * chw)
+        .enumerate()
+        .for_each(|(i, dxc)| {
+            // Zeroed by the thread that fills it, before col2im reads it: one pass over fresh
+            // memory, one page fault per page, whatever the allocator.
+            dxc.fill(MaybeUninit::new(0.0));
+            // SAFETY: every element was just initialised, and `MaybeUninit<f32>` has the
+            // layout of `f32`.
+            let dxc = unsafe { &mut *(dxc as *mut [MaybeUninit<f32>] as *mut [f32]) };
+            let gn = dxc.len() / chw;
+            let dys = &dy[i * grp * g.out_len()..(i * grp + gn) * g.out_len()];
+            if gn == 1 && g.pointwise() {
+                matmul(dxc, ohw, wt_m, View::row_major(dys, o, ohw), false);
+                return;
+            }
+            for (r0, r1) in g.row_tiles(gn) {
+                let per = (r1 - r0) * ow;
+                let cols = gn * per;
+                with_scratch(
+                    ckk * cols,
+                    if gn > 1 { o * cols } else { 0 },
+                    |dcol, tmp| {
+                        let rhs = if gn == 1 {
+                            View::strided(&dys[r0 * ow..], o, cols, ohw)
+                        } else {
+                            stack(dys, o, ohw, gn, tmp);
+                            View::row_major(tmp, o, cols)
+                        };
+                        matmul(dcol, cols, wt_m, rhs, false);
+                        for j in 0..gn {
+                            col2im(
+                                &mut dcol[j * per..],
+                                cols,
+                                g,
+                                (r0, r1),
+                                &mut dxc[j * chw..][..chw],
+                            );
+                        }
+                    },
+                )
+            }
+        });
+    // SAFETY: the chunks cover the first `len` elements and each task initialised its chunk.
+    unsafe { dx.set_len(len) };
+    dx
+}
+
+/// The weight gradient: `X` `[N, C, H, W]` and `dY` `[N, O, OH, OW]` → `dW` `[O, C, K, K]`:
+/// one partial sum per thread, then their sum.
+fn weight_grad(x: &[f32], dy: &[f32], g: &Geom) -> Vec<f32> {
+    let (o, ckk, ohw, chw, ow) = (g.o, g.ckk(), g.ohw(), g.chw(), g.ow);
+    let len = o * ckk;
+    let grp = g.group();
+    let groups = g.n.div_ceil(grp);
+    let tasks = rayon::current_num_threads().clamp(1, groups.max(1));
+    let mut dw = vec![0f32; tasks * len];
+    if len == 0 {
+        return Vec::new();
+    }
+    dw.par_chunks_mut(len).enumerate().for_each(|(t, acc)| {
+        let mut first = true;
+        for gi in groups * t / tasks..groups * (t + 1) / tasks {
+            let n0 = gi * grp;
+            let gn = grp.min(g.n - n0);
+            let xs = &x[n0 * chw..(n0 + gn) * chw];
+            let dys = &dy[n0 * g.out_len()..(n0 + gn) * g.out_len()];
+            if gn == 1 && g.pointwise() {
+                let xt = View::row_major(xs, g.c, ohw).t();
+                matmul(acc, ckk, View::row_major(dys, o, ohw), xt, !first);
+                first = false;
+                continue;
+            }
+            for (r0, r1) in g.row_tiles(gn) {
+                let per = (r1 - r0) * ow;
+                let cols = gn * per;
+                with_scratch(ckk * cols, if gn > 1 { o * cols } else { 0 }, |col, tmp| {
+                    for j in 0..gn {
+                        im2col(&xs[j * chw..], g, (r0, r1), &mut col[j * per..], cols);
+                    }
+                    let lhs = if gn == 1 {
+                        View::strided(&dys[r0 * ow..], o, cols, ohw)
+                    } else {
+                        stack(dys, o, ohw, gn, tmp);
+                        View::row_major(tmp, o, cols)
+                    };
+                    let col_t = View::row_major(col, ckk, cols).t();
+                    matmul(acc, ckk, lhs, col_t, !first);
+                });
+                first = false;
+            }
+        }
+    });
+    let (sum, rest) = dw.split_at_mut(len);
+    for part in rest.chunks_exact(len) {
+        for (a, b) in sum.iter_mut().zip(part) {
+            *a += b;
+        }
+    }
+    dw.truncate(len);
+    dw.shrink_to_fit();
+    dw
+}
+
+/// The f32 contents of a contiguous CPU operand.
+fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+    let CpuStorage::F32(data) = s else {
+        bail!("conv2d: {what} must be f32, got {:?}", s.dtype())
+    };
+    match l.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => bail!("conv2d: {what} must be contiguous"),
+    }
+}
+
+/// Dimensions of a rank-4 layout.
+fn dims4(l: &Layout, what: &str) -> Result<(usize, usize, usize, usize)> {
+    match *l.dims() {
+        [a, b, c, d] => Ok((a, b, c, d)),
+        ref dims => bail!("conv2d: {what} must be rank 4, got shape {dims:?}"),
+    }
+}
+
+/// The forward op: `x` ⊛ `w`.
+struct Conv2dOp {
+    stride: usize,
+    padding: usize,
+    /// The input's `(H, W)`, for the input gradient (strided convolutions lose it).
+    in_hw: (usize, usize),
+    kernel: usize,
+}
+
+impl CustomOp2 for Conv2dOp {
+    fn name(&self) -> &'static str {
+        "simclr-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, "input")?;
+        let w = contiguous_f32(s2, l2, "weight")?;
+        let xd = dims4(l1, "input")?;
+        let (o, c, k, kw) = dims4(l2, "weight")?;
+        if c != xd.1 || k != kw {
+            bail!(
+                "conv2d: weight {:?} does not fit input {:?}",
+                l2.dims(),
+                l1.dims()
+            )
+        }
+        let g = Geom::new(xd, (o, k), self.stride, self.padding)?;
+        let y = forward(x, w, &g);
+        Ok((CpuStorage::F32(y), Shape::from((g.n, o, g.oh, g.ow))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let dy = dy.contiguous()?;
+        let dx = if x.track_op() {
+            let op = Conv2dInputGrad {
+                stride: self.stride,
+                padding: self.padding,
+                in_hw: self.in_hw,
+            };
+            Some(dy.apply_op2_no_bwd(&w.contiguous()?, &op)?)
+        } else {
+            None
+        };
+        let dw = if w.track_op() {
+            let op = Conv2dWeightGrad {
+                stride: self.stride,
+                padding: self.padding,
+                kernel: self.kernel,
+            };
+            Some(x.contiguous()?.apply_op2_no_bwd(&dy, &op)?)
+        } else {
+            None
+        };
+        Ok((dx, dw))
+    }
+}
+
+/// The input gradient op: `(dY, W)` → `dX`.
+struct Conv2dInputGrad {
+    stride: usize,
+    padding: usize,
+    in_hw: (usize, usize),
+}
+
+impl CustomOp2 for Conv2dInputGrad {
+    fn name(&self) -> &'static str {
+        "simclr-conv2d-input-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let dy = contiguous_f32(s1, l1, "output gradient")?;
+        let w = contiguous_f32(s2, l2, "weight")?;
+        let (n, o, oh, ow) = dims4(l1, "output gradient")?;
+        let (o_w, c, k, _) = dims4(l2, "weight")?;
+        let (h, wd) = self.in_hw;
+        let g = Geom::new((n, c, h, wd), (o, k), self.stride, self.padding)?;
+        if o != o_w || (oh, ow) != (g.oh, g.ow) {
+            bail!(
+                "conv2d backward: output gradient {:?} does not fit weight {:?} and input {h}x{wd}",
+                l1.dims(),
+                l2.dims()
+            )
+        }
+        Ok((
+            CpuStorage::F32(input_grad(dy, w, &g)),
+            Shape::from((n, c, h, wd)),
+        ))
+    }
+}
+
+/// The weight gradient op: `(X, dY)` → `dW`.
+struct Conv2dWeightGrad {
+    stride: usize,
+    padding: usize,
+    kernel: usize,
+}
+
+impl CustomOp2 for Conv2dWeightGrad {
+    fn name(&self) -> &'static str {
+        "simclr-conv2d-weight-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, "input")?;
+        let dy = contiguous_f32(s2, l2, "output gradient")?;
+        let xd = dims4(l1, "input")?;
+        let (n, o, oh, ow) = dims4(l2, "output gradient")?;
+        let k = self.kernel;
+        let g = Geom::new(xd, (o, k), self.stride, self.padding)?;
+        if n != g.n || (oh, ow) != (g.oh, g.ow) {
+            bail!(
+                "conv2d backward: output gradient {:?} does not fit input {:?}",
+                l2.dims(),
+                l1.dims()
+            )
+        }
+        let dw = weight_grad(x, dy, &g);
+        Ok((CpuStorage::F32(dw), Shape::from((o, g.c, k, k))))
+    }
+}
