@@ -128,7 +128,7 @@ pub struct PretrainArgs {
 }
 
 /// The small setup used on the bundled sample when no dataset is given: an ⅛-width
-/// ResNet-18 on 28 px views, one epoch (about a minute and a half on 2 cores).
+/// ResNet-18 on 28 px views, one epoch (about 15 seconds on 2 cores).
 fn sample_defaults(c: &mut TrainConfig) {
     c.width = 0.125;
     c.image_size = 28;
