@@ -194,25 +194,18 @@ impl Encoder {
             .into_iter()
             .filter(|(n, _)| with_head || !n.starts_with("projector."))
             .collect();
-        let json = |v: &dyn Fn() -> serde_json::Result<String>| v().expect("metadata serialises");
         let mut meta = BTreeMap::from([
             ("format".to_string(), ENCODER_FORMAT.to_string()),
             ("simclr_version".into(), env!("CARGO_PKG_VERSION").into()),
-            ("model".into(), json(&|| serde_json::to_string(c))),
+            ("model".into(), json(c)),
             ("arch".into(), c.arch.to_string()),
             ("stem".into(), c.stem.to_string()),
             ("width".into(), c.width.to_string()),
             ("in_channels".into(), c.in_channels.to_string()),
             ("feature_dim".into(), c.feature_dim().to_string()),
             ("image_size".into(), self.preprocess.height.to_string()),
-            (
-                "normalize_mean".into(),
-                json(&|| serde_json::to_string(&self.preprocess.mean)),
-            ),
-            (
-                "normalize_std".into(),
-                json(&|| serde_json::to_string(&self.preprocess.std)),
-            ),
+            ("normalize_mean".into(), json(&self.preprocess.mean)),
+            ("normalize_std".into(), json(&self.preprocess.std)),
             ("with_head".into(), with_head.to_string()),
             (
                 "layout".into(),
@@ -226,4 +219,9 @@ impl Encoder {
         }
         Ok(io::save(path, &tensors, &meta)?)
     }
+}
+
+/// JSON of a metadata value (the values here always serialise).
+fn json<T: serde::Serialize + ?Sized>(value: &T) -> String {
+    serde_json::to_string(value).expect("metadata serialises")
 }

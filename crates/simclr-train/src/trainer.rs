@@ -183,9 +183,7 @@ impl Trainer {
         device: &Device,
     ) -> Result<Self> {
         let trainer = Self::build(config, dataset, out, device)?;
-        let json = serde_json::to_string_pretty(&trainer.config).expect("config serialises");
-        let path = out.join("config.json");
-        io::write_atomic(&path, format!("{json}\n").as_bytes())?;
+        trainer.write_config()?;
         Ok(trainer)
     }
 
@@ -249,9 +247,18 @@ impl Trainer {
         trainer.epoch = epoch;
         trainer.step_in_epoch = step_in_epoch;
         trainer.last_checkpoint = Some(checkpoint.to_owned());
-        let json = serde_json::to_string_pretty(&trainer.config).expect("config serialises");
-        io::write_atomic(&out.join("config.json"), format!("{json}\n").as_bytes())?;
+        trainer.write_config()?;
         Ok(trainer)
+    }
+
+    /// Writes the resolved configuration to `<out>/config.json`.
+    fn write_config(&self) -> Result<()> {
+        let json = serde_json::to_string_pretty(&self.config).expect("config serialises");
+        io::write_atomic(
+            &self.out.join("config.json"),
+            format!("{json}\n").as_bytes(),
+        )?;
+        Ok(())
     }
 
     fn build(
@@ -596,7 +603,6 @@ pub fn checkpoint_metadata(
     [epoch, step_in_epoch, global_step]: [u64; 3],
     optimizer_steps: u64,
 ) -> BTreeMap<String, String> {
-    let json = |v: &dyn erased::Json| v.json();
     BTreeMap::from([
         ("format".into(), CHECKPOINT_FORMAT.into()),
         ("simclr_version".into(), env!("CARGO_PKG_VERSION").into()),
@@ -614,17 +620,9 @@ pub fn checkpoint_metadata(
     ])
 }
 
-mod erased {
-    /// Object-safe JSON serialisation, for building metadata maps.
-    pub trait Json {
-        fn json(&self) -> String;
-    }
-
-    impl<T: serde::Serialize> Json for T {
-        fn json(&self) -> String {
-            serde_json::to_string(self).expect("metadata serialises")
-        }
-    }
+/// JSON of a metadata value (the values here always serialise).
+fn json<T: Serialize + ?Sized>(value: &T) -> String {
+    serde_json::to_string(value).expect("metadata serialises")
 }
 
 fn write_line(w: &mut BufWriter<File>, value: &impl Serialize, out: &Path) -> Result<()> {

@@ -294,11 +294,7 @@ pub fn run(args: &PretrainArgs) -> anyhow::Result<()> {
     }
     let mut trainer = match &args.resume {
         Some(path) => {
-            let ckpt = if path.is_dir() {
-                path.join("last.safetensors")
-            } else {
-                path.clone()
-            };
+            let ckpt = crate::commands::weights::checkpoint_path(path);
             let changed = args.changed_on_resume();
             if !changed.is_empty() {
                 bail!(
