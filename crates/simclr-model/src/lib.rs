@@ -9,6 +9,7 @@
 //! is how candle-nn stores them); [`is_buffer`] tells them apart, so the optimiser is handed
 //! only [`SimClr::trainable_vars`].
 
+pub mod batchnorm;
 mod config;
 pub mod conv;
 pub mod io;

@@ -7,23 +7,15 @@
 //! asked: every forward takes `train` (`ModuleT`).
 
 use candle_core::{D, Module, ModuleT, Result, Tensor};
-use candle_nn::{BatchNorm, BatchNormConfig, Linear, VarBuilder};
+use candle_nn::{Linear, VarBuilder};
 
+use crate::batchnorm::BatchNorm;
 use crate::{ModelConfig, Stem};
 
-/// PyTorch's BatchNorm: eps 1e-5, momentum 0.1, running variance updated with the unbiased
-/// batch variance (candle-nn's `BatchNorm::forward_train` does exactly this).
+/// PyTorch's BatchNorm (eps 1e-5, momentum 0.1, unbiased running variance), fused with the
+/// ReLU or residual add after it.
 fn bn(channels: usize, vb: VarBuilder) -> Result<BatchNorm> {
-    candle_nn::batch_norm(
-        channels,
-        BatchNormConfig {
-            eps: 1e-5,
-            remove_mean: true,
-            affine: true,
-            momentum: 0.1,
-        },
-        vb,
-    )
+    BatchNorm::new(channels, vb)
 }
 
 /// A bias-free convolution (`weight` `[cout, cin, k, k]`, as `nn.Conv2d(bias=False)` names
@@ -131,19 +123,17 @@ impl Block {
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let mut y = x.clone();
-        let last = self.convs.len() - 1;
-        for (i, (c, b)) in self.convs.iter().enumerate() {
-            y = b.forward_t(&c.forward(&y)?, train)?;
-            if i != last {
-                y = y.relu()?;
-            }
-        }
         let shortcut = match &self.downsample {
             Some(d) => d.forward_t(x, train)?,
             None => x.clone(),
         };
-        (y + shortcut)?.relu()
+        let (last, inner) = self.convs.split_last().expect("a block has convolutions");
+        let mut y = x.clone();
+        for (c, b) in inner {
+            y = b.forward_relu(&c.forward(&y)?, train)?;
+        }
+        last.1
+            .forward_add_relu(&last.0.forward(&y)?, &shortcut, train)
     }
 }
 
@@ -249,7 +239,7 @@ impl ModuleT for ResNet {
     /// # Shapes
     /// `[B, C, H, W]` → `[B, feature_dim]`.
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let mut y = self.bn1.forward_t(&self.conv1.forward(x)?, train)?.relu()?; // [B, c0, h, w]
+        let mut y = self.bn1.forward_relu(&self.conv1.forward(x)?, train)?; // [B, c0, h, w]
         if self.stem == Stem::Imagenet {
             y = max_pool_3x3_s2(&y)?;
         }
@@ -277,7 +267,7 @@ impl Projector {
         for (i, &width) in hidden.iter().enumerate() {
             layers.push((
                 candle_nn::linear(cin, width, vb.pp(3 * i))?,
-                candle_nn::batch_norm(width, BatchNormConfig::default(), vb.pp(3 * i + 1))?,
+                bn(width, vb.pp(3 * i + 1))?,
             ));
             cin = width;
         }
@@ -295,7 +285,7 @@ impl ModuleT for Projector {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let mut y = x.clone();
         for (lin, bn) in &self.hidden {
-            y = bn.forward_t(&lin.forward(&y)?, train)?.relu()?;
+            y = bn.forward_relu(&lin.forward(&y)?, train)?;
         }
         self.out.forward(&y)
     }
