@@ -11,6 +11,7 @@
 //! from weight decay and from LARS's trust-ratio adaptation when `exclude_bias_norm` is set.
 
 use std::fmt;
+use std::marker::PhantomData;
 use std::str::FromStr;
 
 use candle_core::backprop::GradStore;
@@ -160,6 +161,35 @@ fn check_loaded(
     Ok(out)
 }
 
+/// An optimiser's update rule: its per-parameter state and one parameter's update.
+/// [`Optim`] does the rest (the loop over parameters, the step count, the learning rate,
+/// exporting and restoring the state).
+pub trait Rule: Send + 'static {
+    /// Names of the per-parameter state buffers (PyTorch's names where it has them).
+    const SLOTS: &'static [&'static str];
+
+    /// The new value of a parameter from its detached value `w`, its detached gradient `g`,
+    /// whether it is `excluded` from decay and adaptation, and its state `slots` (updated in
+    /// place); `t` is the step being taken, 1 for the first.
+    fn update(
+        c: &OptimConfig,
+        w: Tensor,
+        g: Tensor,
+        excluded: bool,
+        slots: &mut [Tensor],
+        t: u64,
+    ) -> Result<Tensor>;
+}
+
+/// An optimiser over a fixed list of variables, following rule `R`.
+pub struct Optim<R> {
+    vars: Vec<Var>,
+    slots: Vec<Vec<Tensor>>,
+    config: OptimConfig,
+    steps: u64,
+    rule: PhantomData<R>,
+}
+
 /// LARS as in SimCLR's TensorFlow code (`lars_optimizer.py`, classic momentum):
 ///
 /// ```text
@@ -168,99 +198,7 @@ fn check_loaded(
 /// v ← μ·v + lr·r·g
 /// w ← w − v                   (Nesterov: w ← w − (μ·v + lr·r·g))
 /// ```
-pub struct Lars {
-    vars: Vec<Var>,
-    velocity: Vec<Tensor>,
-    config: OptimConfig,
-    steps: u64,
-}
-
-impl candle_nn::Optimizer for Lars {
-    type Config = OptimConfig;
-
-    fn new(vars: Vec<Var>, config: OptimConfig) -> Result<Self> {
-        let velocity = vars.iter().map(|v| v.zeros_like()).collect::<Result<_>>()?;
-        Ok(Self {
-            vars,
-            velocity,
-            config,
-            steps: 0,
-        })
-    }
-
-    fn step(&mut self, grads: &GradStore) -> Result<()> {
-        StatefulOptimizer::step(self, grads)
-    }
-
-    fn learning_rate(&self) -> f64 {
-        self.config.lr
-    }
-
-    fn set_learning_rate(&mut self, lr: f64) {
-        self.config.lr = lr;
-    }
-}
-
-fn norm(t: &Tensor) -> Result<f64> {
-    Ok(f64::from(t.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()?))
-}
-
-impl StatefulOptimizer for Lars {
-    fn step(&mut self, grads: &GradStore) -> Result<()> {
-        let c = &self.config;
-        for (var, v) in self.vars.iter().zip(self.velocity.iter_mut()) {
-            let w = &var.as_tensor().detach();
-            let mut g = grad_of(grads, var)?;
-            let excluded = excluded(var, c);
-            if !excluded && c.weight_decay != 0.0 {
-                g = (g + (w * c.weight_decay)?)?;
-            }
-            let mut trust = 1.0;
-            if !excluded {
-                let (wn, gn) = (norm(w)?, norm(&g)?);
-                if wn > 0.0 && gn > 0.0 {
-                    trust = c.trust_coefficient * wn / gn;
-                }
-            }
-            let scaled = (&g * (c.lr * trust))?;
-            *v = ((&*v * c.momentum)? + &scaled)?;
-            let update = if c.nesterov {
-                ((&*v * c.momentum)? + scaled)?
-            } else {
-                v.clone()
-            };
-            var.set(&(w - update)?)?;
-        }
-        self.steps += 1;
-        Ok(())
-    }
-
-    fn learning_rate(&self) -> f64 {
-        self.config.lr
-    }
-
-    fn set_learning_rate(&mut self, lr: f64) {
-        self.config.lr = lr;
-    }
-
-    fn steps(&self) -> u64 {
-        self.steps
-    }
-
-    fn state(&self) -> Vec<Vec<(&'static str, Tensor)>> {
-        self.velocity
-            .iter()
-            .map(|v| vec![("momentum", v.clone())])
-            .collect()
-    }
-
-    fn load_state(&mut self, state: Vec<Vec<(String, Tensor)>>, steps: u64) -> Result<()> {
-        let loaded = check_loaded(&["momentum"], &self.vars, &state)?;
-        self.velocity = loaded.into_iter().map(|mut s| s.remove(0)).collect();
-        self.steps = steps;
-        Ok(())
-    }
-}
+pub type Lars = Optim<LarsRule>;
 
 /// SGD with momentum as PyTorch's `torch.optim.SGD` (dampening 0):
 ///
@@ -269,87 +207,7 @@ impl StatefulOptimizer for Lars {
 /// b ← μ·b + g
 /// w ← w − lr·b                (Nesterov: w ← w − lr·(g + μ·b))
 /// ```
-pub struct Sgd {
-    vars: Vec<Var>,
-    buffers: Vec<Tensor>,
-    config: OptimConfig,
-    steps: u64,
-}
-
-impl candle_nn::Optimizer for Sgd {
-    type Config = OptimConfig;
-
-    fn new(vars: Vec<Var>, config: OptimConfig) -> Result<Self> {
-        let buffers = vars.iter().map(|v| v.zeros_like()).collect::<Result<_>>()?;
-        Ok(Self {
-            vars,
-            buffers,
-            config,
-            steps: 0,
-        })
-    }
-
-    fn step(&mut self, grads: &GradStore) -> Result<()> {
-        StatefulOptimizer::step(self, grads)
-    }
-
-    fn learning_rate(&self) -> f64 {
-        self.config.lr
-    }
-
-    fn set_learning_rate(&mut self, lr: f64) {
-        self.config.lr = lr;
-    }
-}
-
-impl StatefulOptimizer for Sgd {
-    fn step(&mut self, grads: &GradStore) -> Result<()> {
-        let c = &self.config;
-        for (var, b) in self.vars.iter().zip(self.buffers.iter_mut()) {
-            let w = &var.as_tensor().detach();
-            let mut g = grad_of(grads, var)?;
-            if !excluded(var, c) && c.weight_decay != 0.0 {
-                g = (g + (w * c.weight_decay)?)?;
-            }
-            // PyTorch starts the buffer at g; from zeros, μ·0 + g is the same.
-            *b = ((&*b * c.momentum)? + &g)?;
-            let d = if c.nesterov {
-                (g + (&*b * c.momentum)?)?
-            } else {
-                b.clone()
-            };
-            var.set(&(w - (d * c.lr)?)?)?;
-        }
-        self.steps += 1;
-        Ok(())
-    }
-
-    fn learning_rate(&self) -> f64 {
-        self.config.lr
-    }
-
-    fn set_learning_rate(&mut self, lr: f64) {
-        self.config.lr = lr;
-    }
-
-    fn steps(&self) -> u64 {
-        self.steps
-    }
-
-    fn state(&self) -> Vec<Vec<(&'static str, Tensor)>> {
-        self.buffers
-            .iter()
-            .map(|b| vec![("momentum", b.clone())])
-            .collect()
-    }
-
-    fn load_state(&mut self, state: Vec<Vec<(String, Tensor)>>, steps: u64) -> Result<()> {
-        let loaded = check_loaded(&["momentum"], &self.vars, &state)?;
-        self.buffers = loaded.into_iter().map(|mut s| s.remove(0)).collect();
-        self.steps = steps;
-        Ok(())
-    }
-}
+pub type Sgd = Optim<SgdRule>;
 
 /// AdamW as PyTorch's `torch.optim.AdamW`, with biases and norms undecayed when
 /// `exclude_bias_norm` is set (candle-nn's decays every variable and hides its moments):
@@ -359,26 +217,120 @@ impl StatefulOptimizer for Sgd {
 /// m ← β₁m + (1−β₁)g;  v ← β₂v + (1−β₂)g²
 /// w ← w − lr · (m/(1−β₁ᵗ)) / (√(v/(1−β₂ᵗ)) + ε)
 /// ```
-pub struct AdamW {
-    vars: Vec<Var>,
-    m: Vec<Tensor>,
-    v: Vec<Tensor>,
-    config: OptimConfig,
-    steps: u64,
+pub type AdamW = Optim<AdamWRule>;
+
+/// The rule of [`Lars`].
+pub struct LarsRule;
+/// The rule of [`Sgd`].
+pub struct SgdRule;
+/// The rule of [`AdamW`].
+pub struct AdamWRule;
+
+fn norm(t: &Tensor) -> Result<f64> {
+    Ok(f64::from(t.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()?))
 }
 
-impl candle_nn::Optimizer for AdamW {
+impl Rule for LarsRule {
+    const SLOTS: &'static [&'static str] = &["momentum"];
+
+    fn update(
+        c: &OptimConfig,
+        w: Tensor,
+        mut g: Tensor,
+        excluded: bool,
+        slots: &mut [Tensor],
+        _t: u64,
+    ) -> Result<Tensor> {
+        if !excluded && c.weight_decay != 0.0 {
+            g = (g + (&w * c.weight_decay)?)?;
+        }
+        let mut trust = 1.0;
+        if !excluded {
+            let (wn, gn) = (norm(&w)?, norm(&g)?);
+            if wn > 0.0 && gn > 0.0 {
+                trust = c.trust_coefficient * wn / gn;
+            }
+        }
+        let v = &mut slots[0];
+        let scaled = (&g * (c.lr * trust))?;
+        *v = ((&*v * c.momentum)? + &scaled)?;
+        let update = if c.nesterov {
+            ((&*v * c.momentum)? + scaled)?
+        } else {
+            v.clone()
+        };
+        w - update
+    }
+}
+
+impl Rule for SgdRule {
+    const SLOTS: &'static [&'static str] = &["momentum"];
+
+    fn update(
+        c: &OptimConfig,
+        w: Tensor,
+        mut g: Tensor,
+        excluded: bool,
+        slots: &mut [Tensor],
+        _t: u64,
+    ) -> Result<Tensor> {
+        if !excluded && c.weight_decay != 0.0 {
+            g = (g + (&w * c.weight_decay)?)?;
+        }
+        // PyTorch starts the buffer at g; from zeros, μ·0 + g is the same.
+        let b = &mut slots[0];
+        *b = ((&*b * c.momentum)? + &g)?;
+        let d = if c.nesterov {
+            (g + (&*b * c.momentum)?)?
+        } else {
+            b.clone()
+        };
+        w - (d * c.lr)?
+    }
+}
+
+impl Rule for AdamWRule {
+    const SLOTS: &'static [&'static str] = &["exp_avg", "exp_avg_sq"];
+
+    fn update(
+        c: &OptimConfig,
+        mut w: Tensor,
+        g: Tensor,
+        excluded: bool,
+        slots: &mut [Tensor],
+        t: u64,
+    ) -> Result<Tensor> {
+        let t = t as i32;
+        let (bc1, bc2) = (1.0 - c.beta1.powi(t), 1.0 - c.beta2.powi(t));
+        if !excluded && c.weight_decay != 0.0 {
+            w = (w * (1.0 - c.lr * c.weight_decay))?;
+        }
+        let [m, v] = slots else {
+            bail!("AdamW keeps two buffers per parameter")
+        };
+        *m = ((&*m * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
+        *v = ((&*v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
+        let m_hat = (&*m / bc1)?;
+        let v_hat = (&*v / bc2)?;
+        let update = (m_hat / (v_hat.sqrt()? + c.eps)?)?;
+        w - (update * c.lr)?
+    }
+}
+
+impl<R: Rule> candle_nn::Optimizer for Optim<R> {
     type Config = OptimConfig;
 
     fn new(vars: Vec<Var>, config: OptimConfig) -> Result<Self> {
-        let m = vars.iter().map(|v| v.zeros_like()).collect::<Result<_>>()?;
-        let v = vars.iter().map(|v| v.zeros_like()).collect::<Result<_>>()?;
+        let slots = vars
+            .iter()
+            .map(|v| R::SLOTS.iter().map(|_| v.zeros_like()).collect())
+            .collect::<Result<_>>()?;
         Ok(Self {
             vars,
-            m,
-            v,
+            slots,
             config,
             steps: 0,
+            rule: PhantomData,
         })
     }
 
@@ -395,28 +347,14 @@ impl candle_nn::Optimizer for AdamW {
     }
 }
 
-impl StatefulOptimizer for AdamW {
+impl<R: Rule> StatefulOptimizer for Optim<R> {
     fn step(&mut self, grads: &GradStore) -> Result<()> {
         let c = &self.config;
-        let t = (self.steps + 1) as i32;
-        let (bc1, bc2) = (1.0 - c.beta1.powi(t), 1.0 - c.beta2.powi(t));
-        for ((var, m), v) in self
-            .vars
-            .iter()
-            .zip(self.m.iter_mut())
-            .zip(self.v.iter_mut())
-        {
+        for (var, slots) in self.vars.iter().zip(self.slots.iter_mut()) {
+            let w = var.as_tensor().detach();
             let g = grad_of(grads, var)?;
-            let mut w = var.as_tensor().detach();
-            if !excluded(var, c) && c.weight_decay != 0.0 {
-                w = (w * (1.0 - c.lr * c.weight_decay))?;
-            }
-            *m = ((&*m * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
-            *v = ((&*v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
-            let m_hat = (&*m / bc1)?;
-            let v_hat = (&*v / bc2)?;
-            let update = (m_hat / (v_hat.sqrt()? + c.eps)?)?;
-            var.set(&(w - (update * c.lr)?)?)?;
+            let new = R::update(c, w, g, excluded(var, c), slots, self.steps + 1)?;
+            var.set(&new)?;
         }
         self.steps += 1;
         Ok(())
@@ -435,22 +373,14 @@ impl StatefulOptimizer for AdamW {
     }
 
     fn state(&self) -> Vec<Vec<(&'static str, Tensor)>> {
-        self.m
+        self.slots
             .iter()
-            .zip(&self.v)
-            .map(|(m, v)| vec![("exp_avg", m.clone()), ("exp_avg_sq", v.clone())])
+            .map(|s| R::SLOTS.iter().copied().zip(s.iter().cloned()).collect())
             .collect()
     }
 
     fn load_state(&mut self, state: Vec<Vec<(String, Tensor)>>, steps: u64) -> Result<()> {
-        let loaded = check_loaded(&["exp_avg", "exp_avg_sq"], &self.vars, &state)?;
-        (self.m, self.v) = loaded
-            .into_iter()
-            .map(|mut s| {
-                let v = s.remove(1);
-                (s.remove(0), v)
-            })
-            .unzip();
+        self.slots = check_loaded(R::SLOTS, &self.vars, &state)?;
         self.steps = steps;
         Ok(())
     }
