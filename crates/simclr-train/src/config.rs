@@ -64,6 +64,8 @@ pub struct TrainConfig {
     pub margin: f64,
     /// Colour-jitter strength `s`.
     pub jitter_strength: f64,
+    /// Smallest area share of the random resized crop (SimCLR: 0.08).
+    pub min_crop_scale: f64,
     /// Gaussian blur on or off (`None`: on for views larger than 32 px, as SimCLR).
     pub blur: Option<bool>,
     /// Seed of the initialisation, the shuffling and every augmentation.
@@ -104,6 +106,7 @@ impl Default for TrainConfig {
             temperature: 0.5,
             margin: 0.5,
             jitter_strength: 0.5,
+            min_crop_scale: 0.08,
             blur: None,
             seed: 0,
             workers: 1,
@@ -138,6 +141,12 @@ impl TrainConfig {
         non_negative(self.warmup_epochs, "warmup-epochs")?;
         non_negative(self.margin, "margin")?;
         non_negative(self.jitter_strength, "jitter-strength")?;
+        if !(self.min_crop_scale > 0.0 && self.min_crop_scale <= 1.0) {
+            return Err(format!(
+                "--min-crop-scale must be in (0, 1], got {}",
+                self.min_crop_scale
+            ));
+        }
         if !(0.0..1.0).contains(&self.momentum) {
             return Err(format!(
                 "--momentum must be in [0, 1), got {}",
@@ -193,6 +202,7 @@ impl TrainConfig {
         if let Some(blur) = self.blur {
             a.blur_p = if blur { 0.5 } else { 0.0 };
         }
+        a.crop_scale[0] = self.min_crop_scale;
         a
     }
 

@@ -101,6 +101,9 @@ pub struct PretrainArgs {
     /// Colour-jitter strength s [default: 0.5].
     #[arg(long)]
     pub jitter_strength: Option<f64>,
+    /// Smallest area share of the random resized crop [default: 0.08].
+    #[arg(long)]
+    pub min_crop_scale: Option<f64>,
     /// Gaussian blur [default: on above 32 px].
     #[arg(long, value_name = "true|false")]
     pub blur: Option<bool>,
@@ -177,6 +180,7 @@ impl PretrainArgs {
             temperature,
             margin,
             jitter_strength,
+            min_crop_scale,
             seed,
             workers,
             save_every,
@@ -215,7 +219,8 @@ impl PretrainArgs {
             optimizer => "--optimizer", lr => "--lr", lr_scaling => "--lr-scaling",
             weight_decay => "--weight-decay", momentum => "--momentum",
             warmup_epochs => "--warmup-epochs", loss => "--loss", temperature => "--temperature",
-            margin => "--margin", jitter_strength => "--jitter-strength", seed => "--seed");
+            margin => "--margin", jitter_strength => "--jitter-strength",
+            min_crop_scale => "--min-crop-scale", seed => "--seed");
         v
     }
 }
