@@ -235,3 +235,92 @@ fn normalize_writes_planar_chw() {
     assert_close(&out[6..12], &[-1.2, 0.4, 0.0, -1.2, 0.8, 2.0], 1e-6);
     assert_close(&out[0..3], &[0.8, -0.4, 0.0], 1e-6);
 }
+
+/// Python's `colorsys.rgb_to_hsv` / `hsv_to_rgb` line by line, in f64: the reference the
+/// branch-free [`ops::hue`] is held to.
+fn colorsys_hue(px: [f32; 3], shift: f64) -> [f32; 3] {
+    let [r, g, b] = px.map(f64::from);
+    let maxc = r.max(g).max(b);
+    let minc = r.min(g).min(b);
+    if maxc == minc {
+        return px;
+    }
+    let s = (maxc - minc) / maxc;
+    let (rc, gc, bc) = (
+        (maxc - r) / (maxc - minc),
+        (maxc - g) / (maxc - minc),
+        (maxc - b) / (maxc - minc),
+    );
+    let h = if r == maxc {
+        bc - gc
+    } else if g == maxc {
+        2.0 + rc - bc
+    } else {
+        4.0 + gc - rc
+    };
+    let h = (h / 6.0).rem_euclid(1.0);
+    let h = (h + shift).rem_euclid(1.0);
+    let v = maxc;
+    let i = (h * 6.0).floor();
+    let f = h * 6.0 - i;
+    let (p, q, t) = (v * (1.0 - s), v * (1.0 - s * f), v * (1.0 - s * (1.0 - f)));
+    let out = match (i as i64).rem_euclid(6) {
+        0 => [v, t, p],
+        1 => [q, v, p],
+        2 => [p, v, t],
+        3 => [p, q, v],
+        4 => [t, p, v],
+        _ => [v, p, q],
+    };
+    out.map(|c| c.clamp(0.0, 1.0) as f32)
+}
+
+#[test]
+fn hue_matches_colorsys_on_every_sector_ties_and_grays() {
+    // A grid over RGB (ties and grays included: every level appears in every channel),
+    // plus irregular values, under shifts spanning the allowed [-0.5, 0.5].
+    let levels = [0.0f32, 0.05, 0.2, 0.33, 0.5, 0.51, 0.75, 0.99, 1.0];
+    let mut data = Vec::new();
+    for &r in &levels {
+        for &g in &levels {
+            for &b in &levels {
+                data.extend([r, g, b]);
+            }
+        }
+    }
+    data.extend((0..3000).map(|i| ((i * 7919) % 1009) as f32 / 1008.0));
+    for shift in [
+        -0.5f32,
+        -0.37,
+        -0.2,
+        -1e-3,
+        0.0,
+        0.01,
+        1.0 / 6.0,
+        0.25,
+        0.4999,
+        0.5,
+    ] {
+        let mut img = FloatImage {
+            width: data.len() / 3,
+            height: 1,
+            channels: 3,
+            data: data.clone(),
+        };
+        ops::hue(&mut img, shift);
+        for (i, (got, px)) in img
+            .data
+            .chunks_exact(3)
+            .zip(data.chunks_exact(3))
+            .enumerate()
+        {
+            let want = colorsys_hue([px[0], px[1], px[2]], f64::from(shift));
+            for k in 0..3 {
+                assert!(
+                    (got[k] - want[k]).abs() <= 2e-6,
+                    "shift {shift}, pixel {i} {px:?}: got {got:?}, want {want:?}"
+                );
+            }
+        }
+    }
+}

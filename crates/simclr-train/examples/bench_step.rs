@@ -3,8 +3,9 @@
 //! momentum update (lr 0.1, momentum 0.9, weight decay 1e-6) on fixed random `2N` views.
 //!
 //! Usage: `bench_step [--arch resnet18] [--width 1.0] [--batch 128] [--size 32]
-//! [--channels 3] [--steps 5] [--warmup 2]`; prints one JSON line (median over `--steps`
-//! after `--warmup`, and the process's peak resident memory).
+//! [--channels 3] [--steps 5] [--warmup 2]`; prints one JSON line: the median step over
+//! `--steps` after `--warmup`, the medians of its phases (forward with the loss, backward,
+//! optimiser update), and the process's peak resident memory.
 
 use std::time::Instant;
 
@@ -61,30 +62,41 @@ fn main() -> candle_core::Result<()> {
         },
     )?;
     let x = Tensor::randn(0f32, 1.0, (2 * batch, cfg.in_channels, size, size), &dev)?;
-    let mut times = Vec::new();
+    // Per timed step: total, forward (with the loss), backward, update.
+    let mut times: Vec<[f64; 4]> = Vec::new();
     let mut loss_last = 0.0;
     for i in 0..warmup + steps {
         let t = Instant::now();
         let (_, z) = model.forward_t(&x, true)?;
         let loss = simclr_loss::nt_xent(&z.narrow(0, 0, batch)?, &z.narrow(0, batch, batch)?, 0.5)?;
-        let grads = loss.backward()?;
-        opt.step(&grads)?;
         loss_last = loss.to_scalar::<f32>()?;
+        let fwd = t.elapsed().as_secs_f64();
+        let grads = loss.backward()?;
+        let bwd = t.elapsed().as_secs_f64();
+        opt.step(&grads)?;
+        let total = t.elapsed().as_secs_f64();
         if i >= warmup {
-            times.push(t.elapsed().as_secs_f64());
+            times.push([total, fwd, bwd - fwd, total - bwd]);
         }
     }
-    times.sort_by(f64::total_cmp);
-    let median = times[times.len() / 2];
+    let median = |k: usize| {
+        let mut v: Vec<f64> = times.iter().map(|t| t[k]).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let min = times.iter().map(|t| t[0]).fold(f64::INFINITY, f64::min);
     println!(
-        "{{\"bench\":\"step\",\"framework\":\"simclr-rs\",\"arch\":\"{}\",\"width\":{},\"batch_images\":{batch},\"views\":{},\"size\":{size},\"channels\":{},\"threads\":{},\"step_s_median\":{median:.4},\"step_s_min\":{:.4},\"views_per_s\":{:.2},\"peak_rss_mib\":{:.1},\"loss_last\":{loss_last}}}",
+        "{{\"bench\":\"step\",\"framework\":\"simclr-rs\",\"arch\":\"{}\",\"width\":{},\"batch_images\":{batch},\"views\":{},\"size\":{size},\"channels\":{},\"threads\":{},\"step_s_median\":{:.4},\"step_s_min\":{min:.4},\"forward_s\":{:.4},\"backward_s\":{:.4},\"update_s\":{:.4},\"views_per_s\":{:.2},\"peak_rss_mib\":{:.1},\"loss_last\":{loss_last}}}",
         cfg.arch,
         cfg.width,
         2 * batch,
         cfg.in_channels,
         candle_core::utils::get_num_threads(),
-        times[0],
-        (2 * batch) as f64 / median,
+        median(0),
+        median(1),
+        median(2),
+        median(3),
+        (2 * batch) as f64 / median(0),
         peak_rss_mib().unwrap_or(f64::NAN),
     );
     Ok(())
