@@ -13,6 +13,7 @@
 //! candle-nn's BatchNorm followed by candle's add and ReLU, which is also the reference the
 //! tests hold the fused op to.
 
+use std::mem::MaybeUninit;
 use std::sync::{Arc, OnceLock};
 
 use candle_core::backend::BackendStorage;
@@ -302,6 +303,24 @@ fn batch_stats(x: &[f32], d: Dims) -> Stats {
     Stats { mean, var, invstd }
 }
 
+/// A vector of `len` scalars whose chunks of `item` are written by `f(chunk index, chunk)`
+/// in parallel, without zeroing the memory first. `f` must write every element.
+fn par_filled(
+    len: usize,
+    item: usize,
+    f: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync + Send,
+) -> Vec<f32> {
+    let mut v: Vec<f32> = Vec::with_capacity(len);
+    v.spare_capacity_mut()[..len]
+        .par_chunks_mut(item.max(1))
+        .enumerate()
+        .for_each(|(i, c)| f(i, c));
+    // SAFETY: the capacity is `len`, and every caller's `f` writes each element of its chunk
+    // (every chunk is handed to `f` exactly once), so all `len` elements are initialised.
+    unsafe { v.set_len(len) };
+    v
+}
+
 /// `y = tail(scale·x + shift [+ r])`, one batch item per task.
 fn normalise(
     x: &[f32],
@@ -311,37 +330,33 @@ fn normalise(
     relu: bool,
     d: Dims,
 ) -> Vec<f32> {
-    let mut y = vec![0f32; x.len()];
     let item = d.c * d.s;
-    y.par_chunks_mut(item)
-        .zip(x.par_chunks(item))
-        .enumerate()
-        .for_each(|(b, (yb, xb))| {
-            for ch in 0..d.c {
-                let (k, m) = (scale[ch], shift[ch]);
-                let range = ch * d.s..(ch + 1) * d.s;
-                let (yr, xr) = (&mut yb[range.clone()], &xb[range.clone()]);
-                match residual {
-                    Some(r) => {
-                        let rr = &r[b * item..][range];
-                        for ((y, &x), &r) in yr.iter_mut().zip(xr).zip(rr) {
-                            *y = (k * x + m + r).max(0.0);
-                        }
+    par_filled(x.len(), item, |b, yb| {
+        let xb = &x[b * item..][..item];
+        for ch in 0..d.c {
+            let (k, m) = (scale[ch], shift[ch]);
+            let range = ch * d.s..(ch + 1) * d.s;
+            let (yr, xr) = (&mut yb[range.clone()], &xb[range.clone()]);
+            match residual {
+                Some(r) => {
+                    let rr = &r[b * item..][range];
+                    for ((y, &x), &r) in yr.iter_mut().zip(xr).zip(rr) {
+                        y.write((k * x + m + r).max(0.0));
                     }
-                    None if relu => {
-                        for (y, &x) in yr.iter_mut().zip(xr) {
-                            *y = (k * x + m).max(0.0);
-                        }
+                }
+                None if relu => {
+                    for (y, &x) in yr.iter_mut().zip(xr) {
+                        y.write((k * x + m).max(0.0));
                     }
-                    None => {
-                        for (y, &x) in yr.iter_mut().zip(xr) {
-                            *y = k * x + m;
-                        }
+                }
+                None => {
+                    for (y, &x) in yr.iter_mut().zip(xr) {
+                        y.write(k * x + m);
                     }
                 }
             }
-        });
-    y
+        }
+    })
 }
 
 impl BatchNormOp {
@@ -400,15 +415,11 @@ impl BatchNormOp {
         let masked: Option<Vec<f32>> = if relu {
             with_slice(y, |yv| {
                 with_slice(&dy, |g| {
-                    let mut out = vec![0f32; g.len()];
-                    out.par_chunks_mut(1 << 14)
-                        .zip(g.par_chunks(1 << 14).zip(yv.par_chunks(1 << 14)))
-                        .for_each(|(o, (g, y))| {
-                            for ((o, &g), &y) in o.iter_mut().zip(g).zip(y) {
-                                *o = if y > 0.0 { g } else { 0.0 };
-                            }
-                        });
-                    Ok(out)
+                    Ok(g.par_iter()
+                        .zip(yv)
+                        .with_min_len(1 << 12)
+                        .map(|(&g, &y)| if y > 0.0 { g } else { 0.0 })
+                        .collect())
                 })
             })
             .map(Some)?
@@ -444,19 +455,17 @@ impl BatchNormOp {
                     })
                     .collect();
                 let item = d.c * d.s;
-                let mut dx = vec![0f32; xv.len()];
-                dx.par_chunks_mut(item)
-                    .zip(xv.par_chunks(item).zip(g.par_chunks(item)))
-                    .for_each(|(dxb, (xb, gb))| {
-                        for (ch, &(k1, k2, k3)) in k.iter().enumerate() {
-                            let r = ch * d.s..(ch + 1) * d.s;
-                            for ((o, &x), &g) in
-                                dxb[r.clone()].iter_mut().zip(&xb[r.clone()]).zip(&gb[r])
-                            {
-                                *o = k1 * g + k2 * x + k3;
-                            }
+                let dx = par_filled(xv.len(), item, |b, dxb| {
+                    let (xb, gb) = (&xv[b * item..][..item], &g[b * item..][..item]);
+                    for (ch, &(k1, k2, k3)) in k.iter().enumerate() {
+                        let r = ch * d.s..(ch + 1) * d.s;
+                        for ((o, &x), &g) in
+                            dxb[r.clone()].iter_mut().zip(&xb[r.clone()]).zip(&gb[r])
+                        {
+                            o.write(k1 * g + k2 * x + k3);
                         }
-                    });
+                    }
+                });
                 (dx, sums)
             };
             Ok(match &masked {

@@ -100,6 +100,45 @@ impl SafetensorsFile {
         })
     }
 
+    /// Reads only the header of `path`: the metadata, no tensors (`tensors` is empty).
+    pub fn load_metadata(path: &Path) -> Result<Self, IoError> {
+        use std::io::Read;
+        let io_err = |source| IoError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let corrupt = |reason: String| IoError::Corrupt {
+            path: path.to_owned(),
+            reason,
+        };
+        let mut f = File::open(path).map_err(io_err)?;
+        let file_len = f.metadata().map_err(io_err)?.len();
+        let mut len = [0u8; 8];
+        f.read_exact(&mut len)
+            .map_err(|e| corrupt(format!("no header length: {e}")))?;
+        let n = u64::from_le_bytes(len);
+        if n > file_len.saturating_sub(8) {
+            return Err(corrupt(format!(
+                "header of {n} bytes in a file of {file_len}"
+            )));
+        }
+        let mut header = vec![0u8; n as usize];
+        f.read_exact(&mut header).map_err(io_err)?;
+        // The header is a JSON object: tensor entries, and the string map `__metadata__`.
+        #[derive(serde::Deserialize)]
+        struct Header {
+            #[serde(rename = "__metadata__", default)]
+            metadata: BTreeMap<String, String>,
+        }
+        let h: Header = serde_json::from_slice(&header)
+            .map_err(|e| corrupt(format!("unreadable header: {e}")))?;
+        Ok(Self {
+            path: path.to_owned(),
+            tensors: HashMap::new(),
+            metadata: h.metadata,
+        })
+    }
+
     /// The metadata field `key`, or an error naming it.
     pub fn meta(&self, key: &str) -> Result<&str, IoError> {
         self.metadata
@@ -232,6 +271,12 @@ mod tests {
                 .to_string()
                 .contains("`missing`")
         );
+        let header = SafetensorsFile::load_metadata(&path).unwrap();
+        assert_eq!(
+            header.metadata, meta,
+            "the header alone gives the same metadata"
+        );
+        assert!(header.tensors.is_empty());
         // Nothing but the file itself is left in the directory.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
@@ -270,7 +315,17 @@ mod tests {
         let err = SafetensorsFile::load(&path, &Device::Cpu).unwrap_err();
         assert!(matches!(err, IoError::Corrupt { .. }), "{err}");
         assert!(err.to_string().contains("truncated or corrupt"), "{err}");
+        std::fs::write(&path, &bytes[..20]).unwrap();
+        let err = SafetensorsFile::load_metadata(&path).unwrap_err();
+        assert!(
+            matches!(err, IoError::Corrupt { .. }),
+            "header cut short: {err}"
+        );
         std::fs::write(&path, b"this is not a weights file").unwrap();
+        assert!(matches!(
+            SafetensorsFile::load_metadata(&path).unwrap_err(),
+            IoError::Corrupt { .. }
+        ));
         assert!(matches!(
             SafetensorsFile::load(&path, &Device::Cpu).unwrap_err(),
             IoError::Corrupt { .. }

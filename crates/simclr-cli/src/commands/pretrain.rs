@@ -315,10 +315,9 @@ pub fn run(args: &PretrainArgs) -> anyhow::Result<()> {
                     .filter(|p| !p.as_os_str().is_empty())
                     .map_or_else(|| PathBuf::from("."), Path::to_owned),
             };
-            let file = simclr_model::io::SafetensorsFile::load(&ckpt, &candle_core::Device::Cpu)?;
-            let saved: TrainConfig = serde_json::from_str(file.meta("config")?)
+            let header = simclr_model::io::SafetensorsFile::load_metadata(&ckpt)?;
+            let saved: TrainConfig = serde_json::from_str(header.meta("config")?)
                 .with_context(|| format!("`{}`: unreadable run config", ckpt.display()))?;
-            drop(file);
             let data = open_data(&saved, args.skip_bad_images)?;
             let (epochs, max_steps) = (args.epochs, args.max_steps);
             Trainer::resume(
