@@ -16,6 +16,8 @@ WIDTH=${WIDTH:-0.25}
 BATCH=${BATCH:-256}
 LR=${LR:-0.075}
 TEMPERATURE=${TEMPERATURE:-0.5}
+MIN_CROP=${MIN_CROP:-0.08}
+STEM=${STEM:-cifar}
 THREADS=${THREADS:-$(nproc)}
 
 if [ ! -e "$DATA/train-images-idx3-ubyte.gz" ]; then
@@ -31,7 +33,7 @@ if [ -e "$OUT/last.safetensors" ]; then
     "$SIMCLR" pretrain --resume "$OUT" --threads "$THREADS"
 else
     "$SIMCLR" pretrain --data "$DATA" --out "$OUT" --threads "$THREADS" \
-        --arch resnet18 --stem cifar --width "$WIDTH" --image-size 28 \
+        --arch resnet18 --stem "$STEM" --width "$WIDTH" --image-size 28 --min-crop-scale "$MIN_CROP" \
         --batch-size "$BATCH" --epochs "$EPOCHS" --optimizer lars --lr "$LR" --lr-scaling sqrt \
         --warmup-epochs 1 --temperature "$TEMPERATURE" --keep-last "$EPOCHS"
 fi
@@ -46,10 +48,13 @@ eval_all() { # $1: checkpoint, $2: extra flags
     eval_all "$OUT/last.safetensors" "--random-init"
 } | tee "$OUT/eval.jsonl"
 
-# Probe accuracy against pretraining epochs, from the numbered checkpoints.
-if [ "${PER_EPOCH:-0}" = 1 ]; then
+# Probe accuracy against pretraining epochs, from the numbered checkpoints: PER_EPOCH="2 4 6"
+# (or PER_EPOCH=all).
+if [ -n "${PER_EPOCH:-}" ]; then
     for ckpt in "$OUT"/epoch-*.safetensors; do
-        printf '%s ' "$(basename "$ckpt")"
+        n=$(basename "$ckpt" .safetensors); n=$((10#${n#epoch-}))
+        if [ "$PER_EPOCH" != all ] && ! [[ " $PER_EPOCH " == *" $n "* ]]; then continue; fi
+        printf 'epoch %s ' "$n"
         "$SIMCLR" linear-probe --checkpoint "$ckpt" --data "$DATA" --threads "$THREADS" --json
     done | tee "$OUT/probe-by-epoch.txt"
 fi

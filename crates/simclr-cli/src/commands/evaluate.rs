@@ -93,6 +93,34 @@ struct Extracted {
     weights: PathBuf,
 }
 
+impl Extracted {
+    fn train(&self) -> Features<'_> {
+        Features {
+            data: &self.train.features,
+            dim: self.dim,
+        }
+    }
+
+    fn test(&self) -> Features<'_> {
+        Features {
+            data: &self.test.features,
+            dim: self.dim,
+        }
+    }
+
+    /// The `--json` line: `fields` and what every evaluation reports about its inputs.
+    fn json(&self, args: &EvalArgs, fields: serde_json::Value) -> serde_json::Value {
+        let mut v = fields;
+        v["checkpoint"] = self.weights.display().to_string().into();
+        v["random_init"] = args.random_init.into();
+        v["data"] = data_name(args).into();
+        v["train_images"] = self.train.labels.len().into();
+        v["test_images"] = self.test.labels.len().into();
+        v["feature_dim"] = self.dim.into();
+        v
+    }
+}
+
 fn load_encoder(args: &EvalArgs, dev: &Device) -> anyhow::Result<(Encoder, PathBuf)> {
     let path = checkpoint_path(&args.checkpoint);
     let mut encoder = Encoder::from_safetensors(&path, dev)?;
@@ -239,34 +267,22 @@ pub fn linear_probe(args: &ProbeArgs) -> anyhow::Result<()> {
         );
     }
     let r = simclr_eval::linear_probe(
-        Features {
-            data: &e.train.features,
-            dim: e.dim,
-        },
+        e.train(),
         &e.train.labels,
-        Features {
-            data: &e.test.features,
-            dim: e.dim,
-        },
+        e.test(),
         &e.test.labels,
         e.classes,
         &config,
     )?;
     if args.eval.json {
-        let v = serde_json::json!({
+        let fields = serde_json::json!({
             "top1": r.top1,
             "top5": r.top5,
             "l2": r.l2,
             "train_top1": r.train_top1,
             "val_top1": r.val_top1,
-            "checkpoint": e.weights.display().to_string(),
-            "random_init": args.eval.random_init,
-            "data": data_name(&args.eval),
-            "train_images": e.train.labels.len(),
-            "test_images": e.test.labels.len(),
-            "feature_dim": e.dim,
         });
-        println!("{v}");
+        println!("{}", e.json(&args.eval, fields));
         return Ok(());
     }
     println!("linear probe");
@@ -301,32 +317,21 @@ pub fn linear_probe(args: &ProbeArgs) -> anyhow::Result<()> {
 pub fn knn(args: &KnnArgs) -> anyhow::Result<()> {
     let e = extract(&args.eval)?;
     let acc = simclr_eval::knn(
-        Features {
-            data: &e.train.features,
-            dim: e.dim,
-        },
+        e.train(),
         &e.train.labels,
-        Features {
-            data: &e.test.features,
-            dim: e.dim,
-        },
+        e.test(),
         &e.test.labels,
         e.classes,
         args.k,
         args.temperature,
     )?;
     if args.eval.json {
-        let v = serde_json::json!({
+        let fields = serde_json::json!({
             "knn_top1": acc,
             "k": args.k,
             "temperature": args.temperature,
-            "checkpoint": e.weights.display().to_string(),
-            "random_init": args.eval.random_init,
-            "data": data_name(&args.eval),
-            "train_images": e.train.labels.len(),
-            "test_images": e.test.labels.len(),
         });
-        println!("{v}");
+        println!("{}", e.json(&args.eval, fields));
         return Ok(());
     }
     println!(
