@@ -2,12 +2,14 @@
 
 use std::process::ExitCode;
 
-/// Training allocates and frees large tensors every step; mimalloc reuses their memory
-/// instead of returning it to the kernel and faulting it back in (measured: see README).
+/// Training allocates and frees large tensors every step; mimalloc, tuned by
+/// [`simclr_train::memory::tune_allocator_for_training`], reuses that memory on large pages
+/// instead of returning it to the kernel and faulting it back in.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    simclr_train::memory::tune_allocator_for_training();
     match simclr_cli::run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

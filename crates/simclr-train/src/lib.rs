@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod loader;
+pub mod memory;
 pub mod optim;
 pub mod schedule;
 pub mod trainer;

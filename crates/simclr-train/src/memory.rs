@@ -1,0 +1,28 @@
+//! Allocator settings for the programs that train (the `simclr` binary, the benchmarks).
+
+use libmimalloc_sys::{mi_option_large_os_pages, mi_option_set, mi_option_t};
+
+/// `mi_option_purge_delay` in mimalloc 3's `mi_option_t` (`mimalloc.h`; the Rust bindings
+/// export no constant for it).
+const MI_OPTION_PURGE_DELAY: mi_option_t = 15;
+
+/// Tunes mimalloc for training: keep freed memory instead of returning it to the kernel, and
+/// back it with large (2 MiB) pages where the kernel allows.
+///
+/// Every training step frees and reallocates the same activation and gradient buffers. By
+/// default mimalloc gives freed memory back after 10 ms, and the kernel zeroes fresh pages
+/// when the next step touches them (`clear_page_erms`: 8% of a full-width ResNet-18 step in
+/// `perf`). Kept, and mapped for large pages, the buffers are reused as they are.
+/// Measured with `bench_step` (full-width ResNet-18, 2×128 views 32×32×3, runs interleaved
+/// with an untuned build): median step 8.86–8.88 s → 6.87–7.40 s, kernel time over 5 steps
+/// 5.1–7.2 s → 1.0–1.1 s, peak resident memory 1930–1970 → 2120 MiB; at ¼ width (28×28×1)
+/// 0–11% faster with the same peak. Has an effect only in a program whose global allocator is
+/// `mimalloc::MiMalloc`; call it first thing in `main`.
+pub fn tune_allocator_for_training() {
+    // SAFETY: each call sets one integer option, which mimalloc reads when it maps or purges
+    // memory: -1 means "never purge", 1 "enabled" (mimalloc.h).
+    unsafe {
+        mi_option_set(MI_OPTION_PURGE_DELAY, -1);
+        mi_option_set(mi_option_large_os_pages, 1);
+    }
+}
