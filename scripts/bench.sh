@@ -2,7 +2,9 @@
 # simclr-rs against PyTorch on this machine, in one run:
 #   1. the SimCLR training step (ResNet-18 CIFAR stem + head + NT-Xent, forward, backward,
 #      SGD-momentum update) at 2x128 views of 32x32x3, and the 1/4-width variant at 2x128 views
-#      of 28x28x1: views/s, median of 5 steps after 2 warm-up steps;
+#      of 28x28x1: views/s, median of 5 steps after 2 warm-up steps, in ROUNDS rounds (3 by
+#      default) that alternate simclr-rs and PyTorch, so that the machine's slow spells hit
+#      both; the table gives the medians and the spread of the per-round ratios;
 #   2. two-view augmentation throughput at 32x32 and at 96x96 with blur, 1 and 2 threads;
 #   3. peak resident memory of each;
 # then one table (ours, PyTorch's, the ratio, our share of the machine's fp32 peak) and a JSON
@@ -12,7 +14,7 @@
 # is created on first use in .venv-torch/ (ignored by git; a few GB from PyPI; override with
 # TORCH_VENV).
 #
-# Usage: bash scripts/bench.sh            full run (about 15 minutes on 2 cores)
+# Usage: bash scripts/bench.sh            full run (about 10 minutes on 2 cores)
 #        bash scripts/bench.sh --smoke    tiny sizes, seconds; PyTorch only if its venv exists
 #        bash scripts/bench.sh --no-torch our side only
 # Run on an otherwise idle machine: every figure is wall-clock.
@@ -68,13 +70,17 @@ fi
 
 results=$(mktemp)
 trap 'rm -f "$results"' EXIT
-for s in "${steps[@]}"; do
-    echo "step $s" >&2
-    RAYON_NUM_THREADS=$threads "$step" $s | tee -a "$results"
-    if [ "$torch" = 1 ]; then
+rounds=${ROUNDS:-$([ "$smoke" = 1 ] && echo 1 || echo 3)}
+for round in $(seq "$rounds"); do
+    for s in "${steps[@]}"; do
+        echo "step $s (round $round of $rounds)" >&2
         # shellcheck disable=SC2086
-        "$venv/bin/python" "$ref" step $s --threads "$threads" | tee -a "$results"
-    fi
+        RAYON_NUM_THREADS=$threads "$step" $s | tee -a "$results"
+        if [ "$torch" = 1 ]; then
+            # shellcheck disable=SC2086
+            "$venv/bin/python" "$ref" step $s --threads "$threads" | tee -a "$results"
+        fi
+    done
 done
 for t in 1 2; do
     "$aug" --size 32 --images "$images" --threads "$t" | tee -a "$results"

@@ -9,6 +9,7 @@ with CIFAR stem and the projection head) per second, over cores x 2 FMA pipes x 
 import json
 import os
 import sys
+from statistics import median
 
 
 def resnet_cifar_forward_flops(arch, width, size, channels, proj_dim=128):
@@ -51,24 +52,39 @@ def main():
     rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip().startswith("{")]
     out_path = sys.argv[2]
     table = []
-    ours_steps = [r for r in rows if r["bench"] == "step" and r.get("framework") == "simclr-rs"]
-    for r in ours_steps:
-        ref = next((t for t in rows if t["bench"] == "step" and t.get("framework") == "pytorch"
-                    and t["width"] == r["width"] and t["size"] == r["size"]
-                    and t["views"] == r["views"]), None)
+    # Step measurements come in rounds that alternate simclr-rs and PyTorch: each PyTorch line
+    # follows ours for the same configuration (its JSON does not name the channel count).
+    groups = {}
+    last = None
+    for r in rows:
+        if r["bench"] != "step":
+            continue
+        if r.get("framework") == "simclr-rs":
+            last = (r["arch"], r["width"], r["size"], r["views"], r["channels"])
+            groups.setdefault(last, ([], []))[0].append(r)
+        elif last is not None:
+            groups[last][1].append(r)
+    for ours, refs in groups.values():
+        r = ours[0]
+        vps = median([o["views_per_s"] for o in ours])
+        ref_vps = median([t["views_per_s"] for t in refs]) if refs else None
+        ratios = [o["views_per_s"] / t["views_per_s"] for o, t in zip(ours, refs)]
         flops = 3 * resnet_cifar_forward_flops(r["arch"], r["width"], r["size"], r["channels"])
         peak = peak_gflops(r["threads"])
-        share = lambda vps: None if peak is None else flops * vps / 1e9 / peak
+        share = lambda v: None if peak is None or v is None else flops * v / 1e9 / peak
         table.append({
             "what": f"step {r['arch']} w{r['width']:g} {r['views']}x{r['size']}x{r['size']}x{r['channels']}",
             "unit": "views/s",
-            "ours": r["views_per_s"],
-            "pytorch": ref and ref["views_per_s"],
-            "ratio": ref and r["views_per_s"] / ref["views_per_s"],
-            "ours_peak_share": share(r["views_per_s"]),
-            "pytorch_peak_share": ref and share(ref["views_per_s"]),
-            "ours_rss_mib": r["peak_rss_mib"],
-            "pytorch_rss_mib": ref and ref["peak_rss_mib"],
+            "ours": vps,
+            "pytorch": ref_vps,
+            "ratio": median(ratios) if ratios else None,
+            "ratio_min": min(ratios) if ratios else None,
+            "ratio_max": max(ratios) if ratios else None,
+            "rounds": len(ours),
+            "ours_peak_share": share(vps),
+            "pytorch_peak_share": share(ref_vps),
+            "ours_rss_mib": max(o["peak_rss_mib"] for o in ours),
+            "pytorch_rss_mib": max(t["peak_rss_mib"] for t in refs) if refs else None,
         })
     for r in (r for r in rows if r["bench"] == "augment" and r.get("impl") == "simclr-rs"):
         ref = next((t for t in rows if t["bench"] == "augment" and t.get("framework") == "torchvision"
@@ -97,6 +113,10 @@ def main():
               f"{fmt(t['ratio'], '6.2f')}x {fmt(t['ours_peak_share'] and 100 * t['ours_peak_share'], '9.1f')}% "
               f"{fmt(t['pytorch_peak_share'] and 100 * t['pytorch_peak_share'], '10.1f')}% "
               f"{fmt(t['ours_rss_mib'], '9.0f')} {fmt(t['pytorch_rss_mib'], '9.0f')}")
+    for t in table:
+        if t.get("rounds", 1) > 1 and t["ratio_min"] is not None:
+            print(f"{t['what']}: ratio {t['ratio_min']:.2f}-{t['ratio_max']:.2f}x over {t['rounds']} rounds "
+                  "(medians above; peak RSS the largest of the rounds)")
     peak = peak_gflops(2)
     print(f"\nfp32 peak assumed: {fmt(peak, '.0f')} GFLOP/s at 2 threads (cores x 2 FMA x 8 lanes x 2 x clock)")
     with open(out_path, "w") as f:
