@@ -2,8 +2,8 @@
 
 use libmimalloc_sys::{mi_option_large_os_pages, mi_option_set, mi_option_t};
 
-/// `mi_option_purge_delay` in mimalloc 3's `mi_option_t` (`mimalloc.h`; the Rust bindings
-/// export no constant for it).
+/// `mi_option_purge_delay` in `mi_option_t` (`mimalloc.h`; the same index in mimalloc 2 and
+/// 3, whichever `libmimalloc-sys` builds; the Rust bindings export no constant for it).
 const MI_OPTION_PURGE_DELAY: mi_option_t = 15;
 
 /// Tunes mimalloc for training: keep freed memory instead of returning it to the kernel, and
