@@ -2,7 +2,7 @@
 //! PyTorch's: ResNet (CIFAR stem) + projection head + NT-Xent, forward, backward and an SGD
 //! momentum update (lr 0.1, momentum 0.9, weight decay 1e-6) on fixed random `2N` views.
 //!
-//! Usage: `bench_step [--arch resnet18] [--width 1.0] [--batch 128] [--size 32]
+//! Usage: `bench_step [--arch resnet18] [--stem cifar] [--width 1.0] [--batch 128] [--size 32]
 //! [--channels 3] [--steps 5] [--warmup 2]`; prints one JSON line: the median step over
 //! `--steps` after `--warmup`, the medians of its phases (forward with the loss, backward,
 //! optimiser update), and the process's peak resident memory.
@@ -10,7 +10,7 @@
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
-use simclr_model::{ModelConfig, SimClr, Stem};
+use simclr_model::{ModelConfig, SimClr};
 use simclr_train::optim::{OptimConfig, OptimizerKind, build};
 
 #[global_allocator]
@@ -39,7 +39,9 @@ fn main() -> candle_core::Result<()> {
         arch: arg(&args, "--arch", "resnet18".to_string())
             .parse()
             .map_err(candle_core::Error::msg)?,
-        stem: Stem::Cifar,
+        stem: arg(&args, "--stem", "cifar".to_string())
+            .parse()
+            .map_err(candle_core::Error::msg)?,
         width: arg(&args, "--width", 1.0),
         in_channels: arg(&args, "--channels", 3),
         head_hidden: None,
