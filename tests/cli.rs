@@ -196,6 +196,106 @@ fn pretrain_writes_config_metrics_and_checkpoints_then_resumes() {
     );
 }
 
+/// Writes `root/<split>/<class>/<i>.png`: grayscale 20×20 images, class `dark` a dim square
+/// on black, class `light` a bright ring.
+fn write_split_folder(root: &Path, per_class: &[(&str, u32)]) {
+    for &(split, n) in per_class {
+        for (class, level) in [("dark", 60u8), ("light", 230u8)] {
+            let dir = root.join(split).join(class);
+            std::fs::create_dir_all(&dir).unwrap();
+            for i in 0..n {
+                image::GrayImage::from_fn(20, 20, |x, y| {
+                    let (dx, dy) = (x as i32 - 10, y as i32 - 10);
+                    let r2 = dx * dx + dy * dy;
+                    let on = if level < 128 {
+                        r2 < 30 + 4 * i as i32
+                    } else {
+                        (20..70).contains(&r2)
+                    };
+                    image::Luma([if on { level } else { (i * 3) as u8 }])
+                })
+                .save(dir.join(format!("{i}.png")))
+                .unwrap();
+            }
+        }
+    }
+}
+
+#[test]
+fn pretrain_monitors_knn_accuracy_at_epoch_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    write_split_folder(&dir.path().join("data"), &[("train", 16), ("test", 5)]);
+    let mut args = TINY.to_vec();
+    args.extend([
+        "--data",
+        "data",
+        "--out",
+        "run",
+        "--epochs",
+        "2",
+        "--knn-every",
+        "1",
+        "--knn-images",
+        "100",
+    ]);
+    let out = simclr(&args, dir.path());
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("kNN monitor every 1 epoch(s): 10 test images against 32 training images"),
+        "{err}"
+    );
+    let readings = err
+        .lines()
+        .filter(|l| l.starts_with("epoch") && l.contains("  kNN "))
+        .count();
+    assert_eq!(readings, 2, "one reading per epoch line: {err}");
+    let metrics = std::fs::read_to_string(dir.path().join("run/metrics.jsonl")).unwrap();
+    let epochs: Vec<serde_json::Value> = metrics
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["event"] == "epoch")
+        .collect();
+    assert_eq!(epochs.len(), 2);
+    for e in &epochs {
+        let acc = e["knn_top1"].as_f64().unwrap();
+        // 10 queries: the accuracy is a whole number of tenths.
+        assert!(
+            (0.0..=1.0).contains(&acc) && ((acc * 10.0).round() - acc * 10.0).abs() < 1e-9,
+            "{e}"
+        );
+        assert!(e["knn_s"].as_f64().unwrap() >= 0.0, "{e}");
+    }
+    // Dim discs against bright rings: neighbours of the right class win.
+    assert!(epochs[1]["knn_top1"].as_f64().unwrap() >= 0.9, "{metrics}");
+
+    // The monitor's needs are checked before any training.
+    std::fs::remove_dir_all(dir.path().join("data/test")).unwrap();
+    std::fs::rename(dir.path().join("data/train"), dir.path().join("flat")).unwrap();
+    for (extra, message) in [
+        (
+            &["--data", "flat", "--knn-every", "1"][..],
+            "--knn-every needs the dataset's test split",
+        ),
+        (
+            &["--data", "flat", "--knn-every", "0"][..],
+            "--knn-every must be at least 1",
+        ),
+    ] {
+        let mut args = TINY.to_vec();
+        args.extend(extra);
+        args.extend(["--out", "never"]);
+        let out = simclr(&args, dir.path());
+        assert!(!out.status.success(), "{extra:?}");
+        assert!(
+            stderr(&out).contains(message),
+            "{extra:?}: {}",
+            stderr(&out)
+        );
+    }
+    assert!(!dir.path().join("never/last.safetensors").exists());
+}
+
 #[test]
 fn pretrain_reads_a_toml_config_and_flags_override_it() {
     let dir = tempfile::tempdir().unwrap();

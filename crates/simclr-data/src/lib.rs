@@ -142,6 +142,25 @@ pub fn detect(path: &Path) -> Result<Format, DataError> {
     })
 }
 
+/// Whether `path` holds a test split apart from its training images: a folder of IDX files
+/// or CIFAR-10 batches, or an image folder with both `train/` and `test/` subfolders. A single
+/// file, or an image folder without split subfolders, is one set of images that [`open`]
+/// returns for either split.
+pub fn has_separate_splits(path: &Path, format: Option<Format>) -> Result<bool, DataError> {
+    if !path.exists() {
+        return Err(DataError::NotFound {
+            path: path.to_owned(),
+        });
+    }
+    if path.is_file() {
+        return Ok(false);
+    }
+    Ok(match format.map_or_else(|| detect(path), Ok)? {
+        Format::Idx | Format::Cifar10 => true,
+        Format::Folder => path.join("train").is_dir() && path.join("test").is_dir(),
+    })
+}
+
 /// Opens the dataset at `path` (format from `options`, or detected by [`detect`]) and decodes
 /// it into memory.
 ///

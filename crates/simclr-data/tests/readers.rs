@@ -655,3 +655,29 @@ fn hidden_files_are_ignored_and_all_bad_is_an_error() {
     let msg = open(dir.path(), &skip).unwrap_err().to_string();
     assert!(msg.contains("none of its 2 image files"), "{msg}");
 }
+
+#[test]
+fn separate_splits_are_told_apart_from_one_set_read_for_both() {
+    use simclr_data::has_separate_splits;
+    let dir = tempfile::tempdir().unwrap();
+    // IDX folder: train and t10k files.
+    let idx = dir.path().join("idx");
+    std::fs::create_dir(&idx).unwrap();
+    write(&idx.join("train-images-idx3-ubyte"), &idx_images(2, 2, 2));
+    write(&idx.join("t10k-images-idx3-ubyte"), &idx_images(1, 2, 2));
+    assert!(has_separate_splits(&idx, None).unwrap());
+    // One file is one set, whatever the split.
+    assert!(!has_separate_splits(&idx.join("train-images-idx3-ubyte"), None).unwrap());
+    // Image folders: only with both train/ and test/.
+    let folder = dir.path().join("imgs");
+    std::fs::create_dir_all(folder.join("train/a")).unwrap();
+    save_png(&folder.join("train/a/0.png"), 4, 4, false);
+    assert!(!has_separate_splits(&folder, Some(Format::Folder)).unwrap());
+    std::fs::create_dir_all(folder.join("test/a")).unwrap();
+    save_png(&folder.join("test/a/0.png"), 4, 4, false);
+    assert!(has_separate_splits(&folder, None).unwrap());
+    assert!(matches!(
+        has_separate_splits(&dir.path().join("missing"), None),
+        Err(DataError::NotFound { .. })
+    ));
+}

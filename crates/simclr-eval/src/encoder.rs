@@ -45,7 +45,28 @@ pub struct Encoder {
     model: SimClr,
     preprocess: AugmentConfig,
     metadata: BTreeMap<String, String>,
-    device: Device,
+}
+
+/// The representations `h` of `images` under `model` (BatchNorm in eval mode), each image
+/// resized and normalised by `preprocess`'s evaluation transform; row-major
+/// `images.len() × feature_dim`. [`Encoder::embed`] is this with the encoder's own model and
+/// preprocessing; a training loop uses it to measure the model it is training.
+pub fn embed_with(
+    model: &SimClr,
+    preprocess: &AugmentConfig,
+    images: &[&Image],
+) -> Result<Vec<f32>, EvalError> {
+    let device = model
+        .named_vars()
+        .first()
+        .map_or(Device::Cpu, |(_, v)| v.device().clone());
+    let mut out = Vec::with_capacity(images.len() * model.config().feature_dim());
+    for chunk in images.chunks(BATCH) {
+        let v = preprocess.eval_batch(chunk)?;
+        let x = Tensor::from_vec(v.data, v.shape.as_slice(), &device)?;
+        out.extend(model.encode_t(&x, false)?.flatten_all()?.to_vec1::<f32>()?);
+    }
+    Ok(out)
 }
 
 fn meta_err(path: &Path, reason: String) -> EvalError {
@@ -62,12 +83,7 @@ impl Encoder {
         let mut preprocess = AugmentConfig::simclr(image_size, model.config().in_channels as u8);
         preprocess.mean = mean;
         preprocess.std = std;
-        let device = model
-            .named_vars()
-            .first()
-            .map_or(Device::Cpu, |(_, v)| v.device().clone());
         Self {
-            device,
             model,
             preprocess,
             metadata: BTreeMap::new(),
@@ -151,13 +167,7 @@ impl Encoder {
     /// The representations of `images` (resized and normalised as in training), row-major
     /// `images.len() × feature_dim`.
     pub fn embed(&self, images: &[&Image]) -> Result<Vec<f32>, EvalError> {
-        let mut out = Vec::with_capacity(images.len() * self.feature_dim());
-        for chunk in images.chunks(BATCH) {
-            let v = self.preprocess.eval_batch(chunk)?;
-            let x = Tensor::from_vec(v.data, v.shape.as_slice(), self.model_device())?;
-            out.extend(self.forward(&x)?.flatten_all()?.to_vec1::<f32>()?);
-        }
-        Ok(out)
+        embed_with(&self.model, &self.preprocess, images)
     }
 
     /// The representations of every image of `dataset`, in order; `progress` is called with
@@ -177,10 +187,6 @@ impl Encoder {
             progress(end);
         }
         Ok(out)
-    }
-
-    fn model_device(&self) -> &Device {
-        &self.device
     }
 
     /// Writes the encoder (and the head with `with_head`) under torchvision's names, with

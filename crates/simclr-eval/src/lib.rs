@@ -14,7 +14,7 @@ mod encoder;
 mod knn;
 mod logreg;
 
-pub use crate::encoder::Encoder;
+pub use crate::encoder::{Encoder, embed_with};
 pub use crate::knn::knn;
 pub use crate::logreg::{LinearProbe, ProbeConfig, ProbeReport, linear_probe};
 

@@ -14,5 +14,6 @@ pub use crate::config::TrainConfig;
 pub use crate::optim::{OptimConfig, OptimizerKind, StatefulOptimizer};
 pub use crate::schedule::{LrScaling, Schedule};
 pub use crate::trainer::{
-    CHECKPOINT_FORMAT, EpochMetrics, Event, Outcome, StepMetrics, Summary, TrainError, Trainer,
+    CHECKPOINT_FORMAT, EpochMetrics, Event, Monitor, Outcome, StepMetrics, Summary, TrainError,
+    Trainer,
 };

@@ -64,6 +64,26 @@ pub enum TrainError {
     /// A tensor operation failed.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+    /// The epoch-end [`Monitor`] failed (the epoch's checkpoint was written first).
+    #[error("measuring the model after epoch {epoch}: {reason}")]
+    Monitor {
+        /// Epoch (1-based).
+        epoch: u64,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// Something measured on the model at epoch ends, such as an online kNN accuracy: the
+/// values it returns join that epoch's line in `metrics.jsonl`.
+pub trait Monitor {
+    /// Measures `model` (call it with BatchNorm in eval mode) after `epoch` (1-based);
+    /// returns named values.
+    fn measure(
+        &mut self,
+        model: &SimClr,
+        epoch: u64,
+    ) -> std::result::Result<Vec<(String, f64)>, Box<dyn std::error::Error + Send + Sync>>;
 }
 
 type Result<T> = std::result::Result<T, TrainError>;
@@ -110,6 +130,9 @@ pub struct EpochMetrics {
     pub data_wait_share: f64,
     /// Seconds.
     pub seconds: f64,
+    /// What the [`Monitor`] measured after this epoch (none on epochs it skips).
+    #[serde(flatten)]
+    pub monitor: BTreeMap<String, f64>,
 }
 
 /// What the loop reports as it goes.
@@ -171,6 +194,8 @@ pub struct Trainer {
     /// Step within `epoch` of the next batch (0-based).
     step_in_epoch: u64,
     last_checkpoint: Option<PathBuf>,
+    /// Measures the model every so many epochs (and after the last).
+    monitor: Option<(Box<dyn Monitor + Send>, u64)>,
 }
 
 impl Trainer {
@@ -320,8 +345,15 @@ impl Trainer {
             epoch: 0,
             step_in_epoch: 0,
             last_checkpoint: None,
+            monitor: None,
             config,
         })
+    }
+
+    /// Has `monitor` measure the model after every `every` epochs (at least 1) and after the
+    /// last; its time is not counted in the epoch's images per second.
+    pub fn set_monitor(&mut self, monitor: Box<dyn Monitor + Send>, every: u64) {
+        self.monitor = Some((monitor, every.max(1)));
     }
 
     /// The resolved configuration.
@@ -447,22 +479,41 @@ impl Trainer {
             summary.steps += 1;
             epoch_acc.add(loss, acc);
             if self.step_in_epoch == self.steps_per_epoch {
-                let em = epoch_acc.finish(
+                let mut em = epoch_acc.finish(
                     self.epoch + 1,
                     self.global_step(),
                     self.config.batch_size,
                     loader.waited(),
                 );
-                write_line(&mut metrics, &em, &self.out)?;
-                observe(Event::Epoch(&em));
                 self.epoch += 1;
                 self.step_in_epoch = 0;
-                epoch_acc = EpochAccumulator::new(loader.waited());
                 let last = self.epoch == self.config.epochs;
-                if last || self.epoch.is_multiple_of(self.config.save_every) {
+                let numbered = last || self.epoch.is_multiple_of(self.config.save_every);
+                // Checkpoint first: a failing measurement then loses nothing.
+                if numbered {
                     let path = self.save_checkpoint(true)?;
                     observe(Event::Checkpoint(&path));
                 }
+                if let Some((monitor, every)) = &mut self.monitor
+                    && (last || self.epoch.is_multiple_of(*every))
+                {
+                    match monitor.measure(&self.model, self.epoch) {
+                        Ok(values) => em.monitor.extend(values),
+                        Err(e) => {
+                            if !numbered {
+                                let path = self.save_checkpoint(false)?;
+                                observe(Event::Checkpoint(&path));
+                            }
+                            return Err(TrainError::Monitor {
+                                epoch: self.epoch,
+                                reason: e.to_string(),
+                            });
+                        }
+                    }
+                }
+                write_line(&mut metrics, &em, &self.out)?;
+                observe(Event::Epoch(&em));
+                epoch_acc = EpochAccumulator::new(loader.waited());
             }
         }
         let total = started.elapsed();
@@ -672,6 +723,7 @@ impl EpochAccumulator {
             images_per_s: (self.steps as usize * batch) as f64 / seconds,
             data_wait_share: (waited - self.waited_at_start).as_secs_f64() / seconds,
             seconds,
+            monitor: BTreeMap::new(),
         }
     }
 }

@@ -306,3 +306,101 @@ fn bad_setups_fail_before_any_work() {
         .unwrap();
     assert!(err.to_string().contains("`format` is missing"), "{err}");
 }
+
+/// Records the epochs it is called at and the model's first weight then; fails at `fail_at`.
+struct Recorder {
+    calls: Arc<std::sync::Mutex<Vec<(u64, f32)>>>,
+    fail_at: Option<u64>,
+}
+
+impl simclr_train::Monitor for Recorder {
+    fn measure(
+        &mut self,
+        model: &simclr_model::SimClr,
+        epoch: u64,
+    ) -> Result<Vec<(String, f64)>, Box<dyn std::error::Error + Send + Sync>> {
+        if self.fail_at == Some(epoch) {
+            return Err("the bank is empty".into());
+        }
+        let w = model.named_vars()[0].1.flatten_all()?.to_vec1::<f32>()?[0];
+        self.calls.lock().unwrap().push((epoch, w));
+        Ok(vec![("probe".into(), epoch as f64 / 10.0)])
+    }
+}
+
+#[test]
+fn the_monitor_measures_every_n_epochs_and_the_last_into_the_epoch_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = TrainConfig {
+        epochs: 3,
+        ..tiny(OptimizerKind::Lars)
+    };
+    let mut t = Trainer::new(cfg, subset(32), dir.path(), &Device::Cpu).unwrap();
+    let calls = Arc::new(std::sync::Mutex::new(Vec::new()));
+    t.set_monitor(
+        Box::new(Recorder {
+            calls: calls.clone(),
+            fail_at: None,
+        }),
+        2,
+    );
+    let mut seen = Vec::new();
+    t.run(&AtomicBool::new(false), &mut |e| {
+        if let Event::Epoch(m) = e {
+            seen.push((m.epoch, m.monitor.get("probe").copied()));
+        }
+    })
+    .unwrap();
+    let calls = calls.lock().unwrap().clone();
+    assert_eq!(
+        calls.iter().map(|c| c.0).collect::<Vec<_>>(),
+        [2, 3],
+        "every 2nd epoch and the last"
+    );
+    assert_eq!(seen, [(1, None), (2, Some(0.2)), (3, Some(0.3))]);
+    // It saw the trained weights of that epoch, as saved in its checkpoint.
+    let ckpt =
+        SafetensorsFile::load(&dir.path().join("epoch-0002.safetensors"), &Device::Cpu).unwrap();
+    let name = &t.model().named_vars()[0].0;
+    let saved = ckpt.tensors[name]
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()[0];
+    assert_eq!(calls[0].1, saved);
+    let text = std::fs::read_to_string(dir.path().join("metrics.jsonl")).unwrap();
+    let epochs: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["event"] == "epoch")
+        .collect();
+    assert_eq!(epochs.len(), 3);
+    assert!(epochs[0].get("probe").is_none());
+    assert_eq!(epochs[1]["probe"], 0.2);
+    assert_eq!(epochs[2]["probe"], 0.3);
+}
+
+#[test]
+fn a_failing_monitor_stops_the_run_after_saving_the_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = TrainConfig {
+        epochs: 3,
+        save_every: 5,
+        ..tiny(OptimizerKind::Lars)
+    };
+    let mut t = Trainer::new(cfg, subset(32), dir.path(), &Device::Cpu).unwrap();
+    t.set_monitor(
+        Box::new(Recorder {
+            calls: Arc::default(),
+            fail_at: Some(2),
+        }),
+        1,
+    );
+    let err = t.run(&AtomicBool::new(false), &mut |_| {}).unwrap_err();
+    assert!(matches!(err, TrainError::Monitor { epoch: 2, .. }), "{err}");
+    assert!(err.to_string().contains("the bank is empty"), "{err}");
+    // Epoch 2 was not a numbered save (save_every 5), so last.safetensors holds it.
+    let last = SafetensorsFile::load(&dir.path().join("last.safetensors"), &Device::Cpu).unwrap();
+    assert_eq!(last.metadata["epoch"], "2");
+    assert_eq!(last.metadata["step_in_epoch"], "0");
+}

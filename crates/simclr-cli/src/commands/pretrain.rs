@@ -14,6 +14,7 @@ use simclr_model::{Arch, Stem};
 use simclr_train::{Event, LrScaling, OptimizerKind, Outcome, TrainConfig, Trainer};
 
 use crate::DataArgs;
+use crate::commands::knn_monitor::KnnMonitor;
 
 /// Options of `simclr pretrain`. Each one overrides the `--config` file, which overrides the
 /// defaults; the resolved configuration is saved as `<out>/config.json`.
@@ -40,8 +41,8 @@ pub struct PretrainArgs {
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Continue the run saved in this checkpoint (or run directory's last.safetensors),
-    /// exactly where it stopped. Only --epochs, --max-steps, --out, --threads and --device
-    /// may be changed.
+    /// exactly where it stopped. Only --epochs, --max-steps, --out, --threads, --device and
+    /// the --knn-* options may be changed.
     #[arg(long, value_name = "CKPT|DIR")]
     pub resume: Option<PathBuf>,
     /// Encoder depth [default: resnet18].
@@ -122,6 +123,15 @@ pub struct PretrainArgs {
     /// Numbered checkpoints to keep [default: 3].
     #[arg(long)]
     pub keep_last: Option<usize>,
+    /// Measure the weighted kNN accuracy (k 200, τ 0.1, as `simclr knn`) of the model being
+    /// trained every this many epochs and after the last: the data's test split against its
+    /// training images, at most --knn-images of each. Shown on the epoch line and written to
+    /// metrics.jsonl (`knn_top1`). Needs a labelled dataset with a test split [default: off].
+    #[arg(long, value_name = "EPOCHS")]
+    pub knn_every: Option<u64>,
+    /// Images of each split the kNN monitor uses, evenly spaced.
+    #[arg(long, default_value_t = 10_000, value_name = "N")]
+    pub knn_images: usize,
     /// Device: cpu, or cuda / cuda:N when built with the `cuda` feature.
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -264,14 +274,26 @@ pub fn set_threads(threads: Option<usize>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn open_data(c: &TrainConfig, skip_bad_images: bool) -> anyhow::Result<Arc<dyn Dataset>> {
-    let format = c
-        .format
+/// The run's `--format`, when given.
+fn format_of(c: &TrainConfig) -> anyhow::Result<Option<Format>> {
+    c.format
         .as_deref()
         .map(str::parse::<Format>)
         .transpose()
-        .map_err(anyhow::Error::msg)?;
-    let split = c.split.parse::<Split>().map_err(anyhow::Error::msg)?;
+        .map_err(anyhow::Error::msg)
+}
+
+/// The run's dataset, or with `split` another split of it.
+fn open_data(
+    c: &TrainConfig,
+    split: Option<Split>,
+    skip_bad_images: bool,
+) -> anyhow::Result<Arc<dyn Dataset>> {
+    let format = format_of(c)?;
+    let split = match split {
+        Some(s) => s,
+        None => c.split.parse::<Split>().map_err(anyhow::Error::msg)?,
+    };
     let args = DataArgs {
         data: c.data.clone(),
         format,
@@ -279,6 +301,32 @@ fn open_data(c: &TrainConfig, skip_bad_images: bool) -> anyhow::Result<Arc<dyn D
         skip_bad_images,
     };
     Ok(Arc::new(args.open()?))
+}
+
+/// The `--knn-every` monitor: the run's test split against its training images.
+fn knn_monitor(
+    args: &PretrainArgs,
+    trainer: &Trainer,
+    train: Arc<dyn Dataset>,
+) -> anyhow::Result<KnnMonitor> {
+    let c = trainer.config();
+    if c.split.parse::<Split>().map_err(anyhow::Error::msg)? == Split::Test {
+        bail!(
+            "--knn-every measures on the test split, so it cannot monitor a run pretraining on it"
+        );
+    }
+    if let Some(path) = &c.data
+        && !simclr_data::has_separate_splits(path, format_of(c)?)?
+    {
+        bail!(
+            "--knn-every needs the dataset's test split, and `{}` has none (an image folder \
+             needs train/ and test/ subfolders)",
+            path.display()
+        );
+    }
+    let test = open_data(c, Some(Split::Test), args.skip_bad_images)
+        .context("--knn-every needs the dataset's test split")?;
+    KnnMonitor::new(trainer.augment().clone(), train, test, args.knn_images)
 }
 
 /// Runs `simclr pretrain`.
@@ -297,14 +345,14 @@ pub fn run(args: &PretrainArgs) -> anyhow::Result<()> {
         })
         .context("cannot install the Ctrl-C handler")?;
     }
-    let mut trainer = match &args.resume {
+    let (mut trainer, data) = match &args.resume {
         Some(path) => {
             let ckpt = crate::commands::weights::checkpoint_path(path);
             let changed = args.changed_on_resume();
             if !changed.is_empty() {
                 bail!(
                     "{} cannot be changed when resuming: the run continues with its saved \
-                     configuration (only --epochs, --max-steps, --out, --threads and --device may be given)",
+                     configuration (only --epochs, --max-steps, --out, --threads, --device and the --knn-* options may be given)",
                     changed.join(", ")
                 )
             }
@@ -318,9 +366,9 @@ pub fn run(args: &PretrainArgs) -> anyhow::Result<()> {
             let header = simclr_model::io::SafetensorsFile::load_metadata(&ckpt)?;
             let saved: TrainConfig = serde_json::from_str(header.meta("config")?)
                 .with_context(|| format!("`{}`: unreadable run config", ckpt.display()))?;
-            let data = open_data(&saved, args.skip_bad_images)?;
+            let data = open_data(&saved, None, args.skip_bad_images)?;
             let (epochs, max_steps) = (args.epochs, args.max_steps);
-            Trainer::resume(
+            let trainer = Trainer::resume(
                 &ckpt,
                 |c| {
                     if let Some(e) = epochs {
@@ -328,10 +376,11 @@ pub fn run(args: &PretrainArgs) -> anyhow::Result<()> {
                     }
                     c.max_steps = max_steps;
                 },
-                data,
+                data.clone(),
                 &out,
                 &device,
-            )?
+            )?;
+            (trainer, data)
         }
         None => {
             let config = args.resolve()?;
@@ -340,10 +389,24 @@ pub fn run(args: &PretrainArgs) -> anyhow::Result<()> {
                 .out
                 .clone()
                 .unwrap_or_else(|| PathBuf::from("runs/pretrain"));
-            let data = open_data(&config, args.skip_bad_images)?;
-            Trainer::new(config, data, &out, &device)?
+            let data = open_data(&config, None, args.skip_bad_images)?;
+            (Trainer::new(config, data.clone(), &out, &device)?, data)
         }
     };
+    if let Some(every) = args.knn_every {
+        if every == 0 {
+            bail!("--knn-every must be at least 1 (leave it out to turn the monitor off)");
+        }
+        if args.knn_images == 0 {
+            bail!("--knn-images must be at least 1");
+        }
+        let monitor = knn_monitor(args, &trainer, data)?;
+        let (bank, queries) = monitor.sizes();
+        eprintln!(
+            "kNN monitor every {every} epoch(s): {queries} test images against {bank} training images"
+        );
+        trainer.set_monitor(Box::new(monitor), every);
+    }
     let c = trainer.config().clone();
     let model = trainer.model();
     eprintln!(
@@ -398,7 +461,7 @@ pub fn run(args: &PretrainArgs) -> anyhow::Result<()> {
             bar.set_position(m.step);
         }
         Event::Epoch(m) => {
-            let line = format!(
+            let mut line = format!(
                 "epoch {:>4}/{}  loss {:.4}  acc {:.3}  {:.1} img/s  data wait {:.1}%  {:.0} s",
                 m.epoch,
                 c.epochs,
@@ -408,6 +471,10 @@ pub fn run(args: &PretrainArgs) -> anyhow::Result<()> {
                 100.0 * m.data_wait_share,
                 m.seconds
             );
+            if let Some(acc) = m.monitor.get("knn_top1") {
+                let secs = m.monitor.get("knn_s").copied().unwrap_or(0.0);
+                line.push_str(&format!("  kNN {:.2}% ({secs:.0} s)", 100.0 * acc));
+            }
             bar.suspend(|| eprintln!("{line}"));
         }
         Event::Checkpoint(p) => {
