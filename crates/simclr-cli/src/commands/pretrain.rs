@@ -303,13 +303,22 @@ fn open_data(
     Ok(Arc::new(args.open()?))
 }
 
-/// The `--knn-every` monitor: the run's test split against its training images.
+/// The `--knn-every` monitor, when asked for: the run's test split against its training
+/// images. Checked before the run directory is touched.
 fn knn_monitor(
     args: &PretrainArgs,
-    trainer: &Trainer,
-    train: Arc<dyn Dataset>,
-) -> anyhow::Result<KnnMonitor> {
-    let c = trainer.config();
+    c: &TrainConfig,
+    train: &Arc<dyn Dataset>,
+) -> anyhow::Result<Option<(KnnMonitor, u64)>> {
+    let Some(every) = args.knn_every else {
+        return Ok(None);
+    };
+    if every == 0 {
+        bail!("--knn-every must be at least 1 (leave it out to turn the monitor off)");
+    }
+    if args.knn_images == 0 {
+        bail!("--knn-images must be at least 1");
+    }
     if c.split.parse::<Split>().map_err(anyhow::Error::msg)? == Split::Test {
         bail!(
             "--knn-every measures on the test split, so it cannot monitor a run pretraining on it"
@@ -326,7 +335,17 @@ fn knn_monitor(
     }
     let test = open_data(c, Some(Split::Test), args.skip_bad_images)
         .context("--knn-every needs the dataset's test split")?;
-    KnnMonitor::new(trainer.augment().clone(), train, test, args.knn_images)
+    let monitor = KnnMonitor::new(
+        c.augment(train.channels()),
+        train.clone(),
+        test,
+        args.knn_images,
+    )?;
+    let (bank, queries) = monitor.sizes();
+    eprintln!(
+        "kNN monitor every {every} epoch(s): {queries} test images against {bank} training images"
+    );
+    Ok(Some((monitor, every)))
 }
 
 /// Runs `simclr pretrain`.
@@ -345,7 +364,7 @@ pub fn run(args: &PretrainArgs) -> anyhow::Result<()> {
         })
         .context("cannot install the Ctrl-C handler")?;
     }
-    let (mut trainer, data) = match &args.resume {
+    let (mut trainer, monitor) = match &args.resume {
         Some(path) => {
             let ckpt = crate::commands::weights::checkpoint_path(path);
             let changed = args.changed_on_resume();
@@ -367,6 +386,7 @@ pub fn run(args: &PretrainArgs) -> anyhow::Result<()> {
             let saved: TrainConfig = serde_json::from_str(header.meta("config")?)
                 .with_context(|| format!("`{}`: unreadable run config", ckpt.display()))?;
             let data = open_data(&saved, None, args.skip_bad_images)?;
+            let monitor = knn_monitor(args, &saved, &data)?;
             let (epochs, max_steps) = (args.epochs, args.max_steps);
             let trainer = Trainer::resume(
                 &ckpt,
@@ -376,11 +396,11 @@ pub fn run(args: &PretrainArgs) -> anyhow::Result<()> {
                     }
                     c.max_steps = max_steps;
                 },
-                data.clone(),
+                data,
                 &out,
                 &device,
             )?;
-            (trainer, data)
+            (trainer, monitor)
         }
         None => {
             let config = args.resolve()?;
@@ -390,21 +410,11 @@ pub fn run(args: &PretrainArgs) -> anyhow::Result<()> {
                 .clone()
                 .unwrap_or_else(|| PathBuf::from("runs/pretrain"));
             let data = open_data(&config, None, args.skip_bad_images)?;
-            (Trainer::new(config, data.clone(), &out, &device)?, data)
+            let monitor = knn_monitor(args, &config, &data)?;
+            (Trainer::new(config, data, &out, &device)?, monitor)
         }
     };
-    if let Some(every) = args.knn_every {
-        if every == 0 {
-            bail!("--knn-every must be at least 1 (leave it out to turn the monitor off)");
-        }
-        if args.knn_images == 0 {
-            bail!("--knn-images must be at least 1");
-        }
-        let monitor = knn_monitor(args, &trainer, data)?;
-        let (bank, queries) = monitor.sizes();
-        eprintln!(
-            "kNN monitor every {every} epoch(s): {queries} test images against {bank} training images"
-        );
+    if let Some((monitor, every)) = monitor {
         trainer.set_monitor(Box::new(monitor), every);
     }
     let c = trainer.config().clone();
