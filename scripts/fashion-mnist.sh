@@ -5,6 +5,7 @@
 #
 # Usage: bash scripts/fashion-mnist.sh            (recipe below; about 50 minutes on 2 cores)
 #        EPOCHS=2 OUT=runs/quick bash scripts/fashion-mnist.sh
+#        WIDTH=0.5 EPOCHS=13 KNN_EVERY=1 PER_EPOCH=all bash scripts/fashion-mnist.sh
 # Re-running continues an interrupted run (--resume) and re-evaluates.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +21,9 @@ MIN_CROP=${MIN_CROP:-0.2}
 STEM=${STEM:-imagenet}
 WARMUP=${WARMUP:-0.5}
 THREADS=${THREADS:-$(nproc)}
+# KNN_EVERY=N: the online kNN monitor every N epochs (about 12 s each at width 0.5).
+KNN=()
+if [ -n "${KNN_EVERY:-}" ]; then KNN=(--knn-every "$KNN_EVERY"); fi
 
 if [ ! -e "$DATA/train-images-idx3-ubyte.gz" ]; then
     echo "installing Debian's dataset-fashion-mnist…" >&2
@@ -31,12 +35,12 @@ SIMCLR=target/release/simclr
 
 start=$(date +%s)
 if [ -e "$OUT/last.safetensors" ]; then
-    "$SIMCLR" pretrain --resume "$OUT" --threads "$THREADS"
+    "$SIMCLR" pretrain --resume "$OUT" --threads "$THREADS" "${KNN[@]}"
 else
     "$SIMCLR" pretrain --data "$DATA" --out "$OUT" --threads "$THREADS" \
         --arch resnet18 --stem "$STEM" --width "$WIDTH" --image-size 28 --min-crop-scale "$MIN_CROP" \
         --batch-size "$BATCH" --epochs "$EPOCHS" --optimizer lars --lr "$LR" --lr-scaling sqrt \
-        --warmup-epochs "$WARMUP" --temperature "$TEMPERATURE" --keep-last "$EPOCHS"
+        --warmup-epochs "$WARMUP" --temperature "$TEMPERATURE" --keep-last "$EPOCHS" "${KNN[@]}"
 fi
 echo "pretraining wall time: $(( $(date +%s) - start )) s" | tee "$OUT/wall-time.txt"
 
