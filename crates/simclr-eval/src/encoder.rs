@@ -69,6 +69,28 @@ pub fn embed_with(
     Ok(out)
 }
 
+/// [`embed_with`] over items `indices` of `dataset`, in that order, a batch at a time;
+/// `progress` is called with the number of items done after each batch.
+pub fn embed_items(
+    model: &SimClr,
+    preprocess: &AugmentConfig,
+    dataset: &dyn Dataset,
+    indices: &[usize],
+    progress: &mut dyn FnMut(usize),
+) -> Result<Vec<f32>, EvalError> {
+    let mut out = Vec::with_capacity(indices.len() * model.config().feature_dim());
+    for (b, chunk) in indices.chunks(BATCH).enumerate() {
+        let images: Vec<Image> = chunk.iter().map(|&i| dataset.get(i).image).collect();
+        out.extend(embed_with(
+            model,
+            preprocess,
+            &images.iter().collect::<Vec<_>>(),
+        )?);
+        progress(b * BATCH + chunk.len());
+    }
+    Ok(out)
+}
+
 fn meta_err(path: &Path, reason: String) -> EvalError {
     EvalError::Weights(IoError::Metadata {
         path: path.to_owned(),
@@ -177,16 +199,8 @@ impl Encoder {
         dataset: &dyn Dataset,
         progress: &mut dyn FnMut(usize),
     ) -> Result<Vec<f32>, EvalError> {
-        let mut out = Vec::with_capacity(dataset.len() * self.feature_dim());
-        let mut start = 0;
-        while start < dataset.len() {
-            let end = (start + BATCH).min(dataset.len());
-            let images: Vec<Image> = (start..end).map(|i| dataset.get(i).image).collect();
-            out.extend(self.embed(&images.iter().collect::<Vec<_>>())?);
-            start = end;
-            progress(end);
-        }
-        Ok(out)
+        let all: Vec<usize> = (0..dataset.len()).collect();
+        embed_items(&self.model, &self.preprocess, dataset, &all, progress)
     }
 
     /// Writes the encoder (and the head with `with_head`) under torchvision's names, with

@@ -4,6 +4,11 @@ use candle_core::{Device, Tensor};
 
 use crate::{EvalError, Features};
 
+/// Neighbours that vote, by default (solo-learn's `WeightedKNNClassifier`).
+pub const DEFAULT_K: usize = 200;
+/// Temperature of the vote weights, by default (solo-learn's).
+pub const DEFAULT_TEMPERATURE: f64 = 0.1;
+
 /// Rows of the test set compared at once (bounds the `chunk × train` similarity matrix).
 const CHUNK: usize = 512;
 

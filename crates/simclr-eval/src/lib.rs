@@ -14,8 +14,8 @@ mod encoder;
 mod knn;
 mod logreg;
 
-pub use crate::encoder::{Encoder, embed_with};
-pub use crate::knn::knn;
+pub use crate::encoder::{Encoder, embed_items, embed_with};
+pub use crate::knn::{DEFAULT_K, DEFAULT_TEMPERATURE, knn};
 pub use crate::logreg::{LinearProbe, ProbeConfig, ProbeReport, linear_probe};
 
 /// Why an evaluation could not run.

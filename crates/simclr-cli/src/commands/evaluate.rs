@@ -71,10 +71,10 @@ pub struct KnnArgs {
     #[command(flatten)]
     pub eval: EvalArgs,
     /// Neighbours that vote.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = simclr_eval::DEFAULT_K)]
     pub k: usize,
     /// Temperature of the vote weights exp(similarity / τ).
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = simclr_eval::DEFAULT_TEMPERATURE)]
     pub temperature: f64,
 }
 

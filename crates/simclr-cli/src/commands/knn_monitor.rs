@@ -7,18 +7,10 @@ use std::time::Instant;
 
 use anyhow::bail;
 use simclr_augment::AugmentConfig;
-use simclr_data::{Dataset, Image};
-use simclr_eval::{EvalError, Features, embed_with, knn};
+use simclr_data::Dataset;
+use simclr_eval::{DEFAULT_K, DEFAULT_TEMPERATURE, EvalError, Features, embed_items, knn};
 use simclr_model::SimClr;
 use simclr_train::Monitor;
-
-/// Neighbours and temperature: `simclr knn`'s defaults (solo-learn's).
-pub const K: usize = 200;
-/// See [`K`].
-pub const TEMPERATURE: f64 = 0.1;
-
-/// Images embedded per forward pass.
-const BATCH: usize = 256;
 
 /// Evenly spaced images of a labelled dataset.
 struct Subset {
@@ -51,16 +43,7 @@ impl Subset {
     }
 
     fn embed(&self, model: &SimClr, preprocess: &AugmentConfig) -> Result<Vec<f32>, EvalError> {
-        let mut out = Vec::with_capacity(self.indices.len() * model.config().feature_dim());
-        for chunk in self.indices.chunks(BATCH) {
-            let images: Vec<Image> = chunk.iter().map(|&i| self.data.get(i).image).collect();
-            out.extend(embed_with(
-                model,
-                preprocess,
-                &images.iter().collect::<Vec<_>>(),
-            )?);
-        }
-        Ok(out)
+        embed_items(model, preprocess, &*self.data, &self.indices, &mut |_| {})
     }
 }
 
@@ -121,8 +104,8 @@ impl KnnMonitor {
             },
             &self.queries.labels,
             self.classes,
-            K,
-            TEMPERATURE,
+            DEFAULT_K,
+            DEFAULT_TEMPERATURE,
         )
     }
 }
