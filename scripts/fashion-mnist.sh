@@ -13,11 +13,13 @@ cd "$(dirname "$0")/.."
 DATA=${DATA:-/usr/share/datasets/fashion-mnist}
 OUT=${OUT:-runs/fashion-mnist}
 EPOCHS=${EPOCHS:-5}
+ARCH=${ARCH:-resnet18}
 WIDTH=${WIDTH:-1}
 BATCH=${BATCH:-256}
 LR=${LR:-0.075}
 TEMPERATURE=${TEMPERATURE:-0.2}
 MIN_CROP=${MIN_CROP:-0.2}
+JITTER=${JITTER:-0.5}
 STEM=${STEM:-imagenet}
 WARMUP=${WARMUP:-0.5}
 THREADS=${THREADS:-$(nproc)}
@@ -38,7 +40,8 @@ if [ -e "$OUT/last.safetensors" ]; then
     "$SIMCLR" pretrain --resume "$OUT" --threads "$THREADS" "${KNN[@]}"
 else
     "$SIMCLR" pretrain --data "$DATA" --out "$OUT" --threads "$THREADS" \
-        --arch resnet18 --stem "$STEM" --width "$WIDTH" --image-size 28 --min-crop-scale "$MIN_CROP" \
+        --arch "$ARCH" --stem "$STEM" --width "$WIDTH" --image-size 28 --min-crop-scale "$MIN_CROP" \
+        --jitter-strength "$JITTER" \
         --batch-size "$BATCH" --epochs "$EPOCHS" --optimizer lars --lr "$LR" --lr-scaling sqrt \
         --warmup-epochs "$WARMUP" --temperature "$TEMPERATURE" --keep-last "$EPOCHS" "${KNN[@]}"
 fi
