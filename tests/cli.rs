@@ -182,6 +182,16 @@ fn pretrain_writes_config_metrics_and_checkpoints_then_resumes() {
         dir.path(),
     );
     assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("resuming at step 2 (epoch 1, step 2 of"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("stopped at --max-steps after 1 step (step 3 of the run)"),
+        "{}",
+        stderr(&out)
+    );
     let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
     let last: serde_json::Value = serde_json::from_str(metrics.lines().last().unwrap()).unwrap();
     assert_eq!(last["step"], 3);

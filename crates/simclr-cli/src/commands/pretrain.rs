@@ -438,6 +438,15 @@ pub fn run(args: &PretrainArgs) -> anyhow::Result<()> {
         c.temperature,
         candle_core::utils::get_num_threads(),
     );
+    if args.resume.is_some() {
+        let (step, per_epoch) = (trainer.global_step(), trainer.steps_per_epoch());
+        eprintln!(
+            "resuming at step {step} (epoch {}, step {} of {per_epoch}); writing to `{}`",
+            step / per_epoch + 1,
+            step % per_epoch,
+            trainer.out_dir().display()
+        );
+    }
     let interactive = !args.quiet && std::io::stderr().is_terminal();
     let total = c
         .max_steps
@@ -497,9 +506,18 @@ pub fn run(args: &PretrainArgs) -> anyhow::Result<()> {
         Outcome::MaxSteps => "stopped at --max-steps",
         Outcome::Interrupted => "interrupted",
     };
+    let global = trainer.global_step();
+    let plural = if summary.steps == 1 { "" } else { "s" };
+    let steps = if global == summary.steps {
+        format!("after {global} step{plural}")
+    } else {
+        format!(
+            "after {} step{plural} (step {global} of the run)",
+            summary.steps
+        )
+    };
     eprintln!(
-        "{how} after {} steps: loss {} → {}, {:.1} img/s, {:.1}% of the time waiting for data",
-        summary.steps,
+        "{how} {steps}: loss {} → {}, {:.1} img/s, {:.1}% of the time waiting for data",
         summary.first_loss.map_or("-".into(), |l| format!("{l:.4}")),
         summary.last_loss.map_or("-".into(), |l| format!("{l:.4}")),
         summary.images_per_s,
