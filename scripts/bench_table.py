@@ -3,8 +3,9 @@
 
 Usage: bench_table.py RESULTS.jsonl OUT.json
 Share of peak (override the per-core figure with PEAK_GFLOPS_PER_CORE): training FLOPs (3x the forward pass, counted layer by layer for the ResNet
-with CIFAR stem and the projection head) per second, over cores x 2 FMA pipes x 8 fp32 lanes x
-2 flops x the clock /proc/cpuinfo reports.
+with CIFAR stem and the projection head) per second, over cores x 2 FMA pipes x fp32 lanes
+(16 with full-width AVX-512, else 8) x 2 flops x the clock /proc/cpuinfo reports (the base
+clock: a core that boosts above it can show more than 100%).
 """
 import json
 import os
@@ -31,21 +32,41 @@ def resnet_cifar_forward_flops(arch, width, size, channels, proj_dim=128):
     return flops
 
 
-def peak_gflops(threads):
-    if os.environ.get("PEAK_GFLOPS_PER_CORE"):
-        return threads * float(os.environ["PEAK_GFLOPS_PER_CORE"])
-    mhz = None
+def cpu_info():
+    """The first core's `cpu MHz`, `flags` and (AMD) `cpu family` from /proc/cpuinfo."""
+    info = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("cpu MHz"):
-                    mhz = float(line.split(":")[1])
+                if not line.strip():
                     break
+                key, _, value = line.partition(":")
+                info[key.strip()] = value.strip()
     except OSError:
         pass
-    if mhz is None:
+    return info
+
+
+def fp32_lanes(info):
+    """fp32 lanes per FMA pipe: 16 where AVX-512 runs on full-width units, else 8 (AVX2).
+
+    Zen 4 (AMD family 25) reports avx512f but executes it on 256-bit pipes, so it counts 8."""
+    if "avx512f" not in info.get("flags", "").split():
+        return 8
+    if info.get("vendor_id") == "AuthenticAMD" and info.get("cpu family") == "25":
+        return 8
+    return 16
+
+
+def peak_gflops(threads):
+    if os.environ.get("PEAK_GFLOPS_PER_CORE"):
+        return threads * float(os.environ["PEAK_GFLOPS_PER_CORE"])
+    info = cpu_info()
+    try:
+        mhz = float(info["cpu MHz"])
+    except (KeyError, ValueError):
         return None
-    return threads * 2 * 8 * 2 * mhz / 1000.0
+    return threads * 2 * fp32_lanes(info) * 2 * mhz / 1000.0
 
 
 def main():
@@ -88,7 +109,8 @@ def main():
         })
     for r in (r for r in rows if r["bench"] == "augment" and r.get("impl") == "simclr-rs"):
         ref = next((t for t in rows if t["bench"] == "augment" and t.get("framework") == "torchvision"
-                    and t["size"] == r["size"] and t["blur"] == r["blur"]), None)
+                    and t["size"] == r["size"] and t["blur"] == r["blur"]
+                    and t["threads"] == r["threads"]), None)
         table.append({
             "what": f"augment {r['size']}x{r['size']}{' blur' if r['blur'] else ''} {r['threads']} thread{'s' if r['threads'] > 1 else ''}",
             "unit": "images/s",
@@ -118,7 +140,8 @@ def main():
             print(f"{t['what']}: ratio {t['ratio_min']:.2f}-{t['ratio_max']:.2f}x over {t['rounds']} rounds "
                   "(medians above; peak RSS the largest of the rounds)")
     peak = peak_gflops(2)
-    print(f"\nfp32 peak assumed: {fmt(peak, '.0f')} GFLOP/s at 2 threads (cores x 2 FMA x 8 lanes x 2 x clock)")
+    lanes = "PEAK_GFLOPS_PER_CORE" if os.environ.get("PEAK_GFLOPS_PER_CORE") else f"{fp32_lanes(cpu_info())} lanes"
+    print(f"\nfp32 peak assumed: {fmt(peak, '.0f')} GFLOP/s at 2 threads (cores x 2 FMA x {lanes} x 2 x clock)")
     with open(out_path, "w") as f:
         json.dump({"table": table, "raw": rows, "cpus": os.cpu_count()}, f, indent=1)
     print(f"written {out_path}")
