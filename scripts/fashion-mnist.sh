@@ -3,7 +3,7 @@
 # then the linear probe and weighted kNN on the 10,000 test images, and the same two on a
 # randomly initialised encoder of the same architecture (the baseline pretraining must beat).
 #
-# Usage: bash scripts/fashion-mnist.sh            (recipe below; about 40 minutes on 2 cores)
+# Usage: bash scripts/fashion-mnist.sh            (recipe below; about 35 minutes on 2 cores)
 #        EPOCHS=2 OUT=runs/quick bash scripts/fashion-mnist.sh
 #        ARCH=resnet18 WIDTH=0.5 KNN_EVERY=1 PER_EPOCH=all bash scripts/fashion-mnist.sh
 # Re-running continues an interrupted run (--resume) and re-evaluates.
