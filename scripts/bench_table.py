@@ -58,21 +58,24 @@ def fp32_lanes(info):
     return 16
 
 
-def peak_gflops(threads):
+def peak_per_core():
+    """(fp32 GFLOP/s of one core or None, how it was reckoned)."""
     if os.environ.get("PEAK_GFLOPS_PER_CORE"):
-        return threads * float(os.environ["PEAK_GFLOPS_PER_CORE"])
+        return float(os.environ["PEAK_GFLOPS_PER_CORE"]), "PEAK_GFLOPS_PER_CORE"
     info = cpu_info()
+    lanes = fp32_lanes(info)
+    basis = f"cores x 2 FMA x {lanes} lanes x 2 x clock"
     try:
-        mhz = float(info["cpu MHz"])
+        return 2 * lanes * 2 * float(info["cpu MHz"]) / 1000.0, basis
     except (KeyError, ValueError):
-        return None
-    return threads * 2 * fp32_lanes(info) * 2 * mhz / 1000.0
+        return None, basis
 
 
 def main():
     rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip().startswith("{")]
     out_path = sys.argv[2]
     table = []
+    per_core, basis = peak_per_core()
     # Step measurements come in rounds that alternate simclr-rs and PyTorch: each PyTorch line
     # follows ours for the same configuration (its JSON does not name the channel count).
     groups = {}
@@ -91,7 +94,7 @@ def main():
         ref_vps = median([t["views_per_s"] for t in refs]) if refs else None
         ratios = [o["views_per_s"] / t["views_per_s"] for o, t in zip(ours, refs)]
         flops = 3 * resnet_cifar_forward_flops(r["arch"], r["width"], r["size"], r["channels"])
-        peak = peak_gflops(r["threads"])
+        peak = per_core and per_core * r["threads"]
         share = lambda v: None if peak is None or v is None else flops * v / 1e9 / peak
         table.append({
             "what": f"step {r['arch']} w{r['width']:g} {r['views']}x{r['size']}x{r['size']}x{r['channels']}",
@@ -139,9 +142,7 @@ def main():
         if t.get("rounds", 1) > 1 and t["ratio_min"] is not None:
             print(f"{t['what']}: ratio {t['ratio_min']:.2f}-{t['ratio_max']:.2f}x over {t['rounds']} rounds "
                   "(medians above; peak RSS the largest of the rounds)")
-    peak = peak_gflops(2)
-    lanes = "PEAK_GFLOPS_PER_CORE" if os.environ.get("PEAK_GFLOPS_PER_CORE") else f"{fp32_lanes(cpu_info())} lanes"
-    print(f"\nfp32 peak assumed: {fmt(peak, '.0f')} GFLOP/s at 2 threads (cores x 2 FMA x {lanes} x 2 x clock)")
+    print(f"\nfp32 peak assumed: {fmt(per_core and 2 * per_core, '.0f')} GFLOP/s at 2 threads ({basis})")
     with open(out_path, "w") as f:
         json.dump({"table": table, "raw": rows, "cpus": os.cpu_count()}, f, indent=1)
     print(f"written {out_path}")
