@@ -10,6 +10,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     simclr_train::memory::tune_allocator_for_training();
+    simclr_train::memory::tune_threads_for_training();
     match simclr_cli::run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -34,6 +34,7 @@ fn peak_rss_mib() -> Option<f64> {
 
 fn main() -> candle_core::Result<()> {
     simclr_train::memory::tune_allocator_for_training();
+    simclr_train::memory::tune_threads_for_training();
     let args: Vec<String> = std::env::args().collect();
     let cfg = ModelConfig {
         arch: arg(&args, "--arch", "resnet18".to_string())
