@@ -206,6 +206,81 @@ fn pretrain_writes_config_metrics_and_checkpoints_then_resumes() {
     );
 }
 
+#[test]
+fn ctrl_c_saves_exits_130_and_the_run_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = TINY.to_vec();
+    args.extend(["--out", "run", "--epochs", "1000"]);
+    let child = Command::new(env!("CARGO_BIN_EXE_simclr"))
+        .args(&args)
+        .current_dir(dir.path())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Interrupt once the first step is written (the Ctrl-C handler is in place by then).
+    let metrics = dir.path().join("run/metrics.jsonl");
+    let started = std::time::Instant::now();
+    while std::fs::read_to_string(&metrics).map_or(true, |m| m.lines().count() == 0) {
+        assert!(
+            started.elapsed().as_secs() < 120,
+            "no step within 2 minutes"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(
+        err.contains("resume with: simclr pretrain --resume"),
+        "{err}"
+    );
+    assert!(dir.path().join("run/last.safetensors").is_file());
+    let steps: u64 = err
+        .split("interrupted after ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no step count in {err}"));
+    assert!(steps >= 1);
+
+    let next = (steps + 1).to_string();
+    let out = simclr(
+        &[
+            "pretrain",
+            "--resume",
+            "run",
+            "--max-steps",
+            &next,
+            "--quiet",
+        ],
+        dir.path(),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("resuming at step {steps} ")),
+        "{}",
+        stderr(&out)
+    );
+    // Asking for no more steps than the run has taken does nothing, and says so.
+    let out = simclr(
+        &["pretrain", "--resume", "run", "--max-steps", "1", "--quiet"],
+        dir.path(),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!(
+            "nothing to run: the run is at step {next} already"
+        )),
+        "{}",
+        stderr(&out)
+    );
+}
+
 /// Writes `root/<split>/<class>/<i>.png`: grayscale 20×20 images, class `dark` a dim square
 /// on black, class `light` a bright ring.
 fn write_split_folder(root: &Path, per_class: &[(&str, u32)]) {

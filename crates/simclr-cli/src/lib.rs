@@ -9,6 +9,21 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use simclr_data::{Format, InMemoryDataset, OpenOptions, Split};
 
+/// The error [`run`] returns when `simclr pretrain` stopped at Ctrl-C, after saving its
+/// checkpoint and printing how to resume: the binary exits with status 130 (128 + SIGINT, as
+/// a shell reports an interrupted command) and prints nothing more, so that a script stops
+/// there instead of going on with a half-trained encoder.
+#[derive(Debug)]
+pub struct Interrupted;
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("interrupted")
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
 /// SimCLR self-supervised pretraining of image encoders, on the CPU, with no Python.
 #[derive(Debug, Parser)]
 #[command(name = "simclr", version, about, long_about = None, propagate_version = true)]

@@ -13,6 +13,8 @@ fn main() -> ExitCode {
     simclr_train::memory::tune_threads_for_training();
     match simclr_cli::run() {
         Ok(()) => ExitCode::SUCCESS,
+        // The checkpoint is saved and the summary printed: only the status is left to give.
+        Err(err) if err.is::<simclr_cli::Interrupted>() => ExitCode::from(130),
         Err(err) => {
             eprintln!("error: {err:#}");
             ExitCode::FAILURE

@@ -507,6 +507,13 @@ pub fn run(args: &PretrainArgs) -> anyhow::Result<()> {
         Outcome::Interrupted => "interrupted",
     };
     let global = trainer.global_step();
+    if summary.steps == 0 && summary.outcome == Outcome::MaxSteps {
+        eprintln!(
+            "nothing to run: the run is at step {global} already, and --max-steps is {}",
+            c.max_steps.unwrap_or(global)
+        );
+        return Ok(());
+    }
     let plural = if summary.steps == 1 { "" } else { "s" };
     let steps = if global == summary.steps {
         format!("after {global} step{plural}")
@@ -532,6 +539,9 @@ pub fn run(args: &PretrainArgs) -> anyhow::Result<()> {
         if summary.outcome != Outcome::Finished {
             eprintln!("resume with: simclr pretrain --resume {}", p.display());
         }
+    }
+    if summary.outcome == Outcome::Interrupted {
+        return Err(crate::Interrupted.into());
     }
     Ok(())
 }
