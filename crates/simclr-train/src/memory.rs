@@ -28,8 +28,11 @@ pub fn tune_allocator_for_training() {
     }
 }
 
+/// The environment variable candle reads its workers' spin limit from.
+pub const CANDLE_SPIN_LIMIT_VAR: &str = "CANDLE_BARRIER_POOL_SPIN_LIMIT";
+
 /// How long (in `spin_loop` hints) an idle candle worker spins before it parks, unless
-/// `CANDLE_BARRIER_POOL_SPIN_LIMIT` says otherwise. candle's default is 25,000.
+/// [`CANDLE_SPIN_LIMIT_VAR`] says otherwise. candle's default is 25,000.
 pub const CANDLE_SPIN_LIMIT: u32 = 2_000;
 
 /// Makes candle's element-wise worker threads park sooner when idle (unless the user set
@@ -44,10 +47,9 @@ pub const CANDLE_SPIN_LIMIT: u32 = 2_000;
 /// ResNet-50 ¼ width 0.86–0.93 s → 0.84–0.88 s. candle reads the variable once, when its pool
 /// starts: call this first thing in `main`, before any other thread exists.
 pub fn tune_threads_for_training() {
-    const VAR: &str = "CANDLE_BARRIER_POOL_SPIN_LIMIT";
-    if std::env::var_os(VAR).is_none() {
+    if std::env::var_os(CANDLE_SPIN_LIMIT_VAR).is_none() {
         // SAFETY: called at start-up, before this process starts any other thread, so no
         // other thread reads or writes the environment meanwhile.
-        unsafe { std::env::set_var(VAR, CANDLE_SPIN_LIMIT.to_string()) };
+        unsafe { std::env::set_var(CANDLE_SPIN_LIMIT_VAR, CANDLE_SPIN_LIMIT.to_string()) };
     }
 }

@@ -1,9 +1,9 @@
 //! `tune_threads_for_training` sets candle's spin limit only where the user has not: one test
 //! in its own binary, so that nothing else touches the environment while it runs.
 
-use simclr_train::memory::{CANDLE_SPIN_LIMIT, tune_threads_for_training};
-
-const VAR: &str = "CANDLE_BARRIER_POOL_SPIN_LIMIT";
+use simclr_train::memory::{
+    CANDLE_SPIN_LIMIT, CANDLE_SPIN_LIMIT_VAR as VAR, tune_threads_for_training,
+};
 
 #[test]
 fn spin_limit_is_set_unless_the_user_chose_one() {

@@ -501,11 +501,6 @@ pub fn run(args: &PretrainArgs) -> anyhow::Result<()> {
         }
     })?;
     bar.finish_and_clear();
-    let how = match summary.outcome {
-        Outcome::Finished => "finished",
-        Outcome::MaxSteps => "stopped at --max-steps",
-        Outcome::Interrupted => "interrupted",
-    };
     let global = trainer.global_step();
     if summary.steps == 0 && summary.outcome == Outcome::MaxSteps {
         eprintln!(
@@ -514,6 +509,11 @@ pub fn run(args: &PretrainArgs) -> anyhow::Result<()> {
         );
         return Ok(());
     }
+    let how = match summary.outcome {
+        Outcome::Finished => "finished",
+        Outcome::MaxSteps => "stopped at --max-steps",
+        Outcome::Interrupted => "interrupted",
+    };
     let plural = if summary.steps == 1 { "" } else { "s" };
     let steps = if global == summary.steps {
         format!("after {global} step{plural}")
