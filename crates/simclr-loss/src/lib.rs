@@ -52,30 +52,66 @@ pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
     x.broadcast_div(&norm)
 }
 
-/// A `[rows, cols]` mask tensor: `MASKED` where `f(i, j)`, else 0.
-fn additive_mask(
-    rows: usize,
-    cols: usize,
-    like: &Tensor,
-    f: impl Fn(usize, usize) -> bool,
-) -> Result<Tensor> {
-    let v: Vec<f64> = (0..rows * cols)
-        .map(|k| if f(k / cols, k % cols) { MASKED } else { 0.0 })
-        .collect();
-    Tensor::from_vec(v, (rows, cols), like.device())?.to_dtype(like.dtype())
+mod masks;
+
+pub use masks::clear_mask_cache;
+use masks::{MaskKind, cached};
+
+/// The additive self-pair mask of `rows` anchors against `cols` keys: `MASKED` at
+/// `(i, offset + i)`, 0 elsewhere. Built on `like`'s device from index ranges and kept for
+/// the next batch of the same shape (no host matrix per step).
+fn self_pair_mask(rows: usize, cols: usize, offset: usize, like: &Tensor) -> Result<Tensor> {
+    cached(MaskKind::SelfPair, rows, cols, offset, like, || {
+        let dev = like.device();
+        let r = Tensor::arange(offset as u32, (offset + rows) as u32, dev)?.reshape((rows, 1))?;
+        let c = Tensor::arange(0u32, cols as u32, dev)?.reshape((1, cols))?;
+        r.broadcast_eq(&c)?
+            .to_dtype(like.dtype())?
+            .affine(MASKED, 0.0)
+    })
 }
 
-/// A `[rows, cols]` 0/1 indicator tensor of `f(i, j)`.
-fn indicator(
-    rows: usize,
-    cols: usize,
-    like: &Tensor,
-    f: impl Fn(usize, usize) -> bool,
-) -> Result<Tensor> {
-    let v: Vec<f64> = (0..rows * cols)
-        .map(|k| f64::from(u8::from(f(k / cols, k % cols))))
-        .collect();
-    Tensor::from_vec(v, (rows, cols), like.device())?.to_dtype(like.dtype())
+/// Key index of each local anchor's partner, `offset + (i + n) mod 2n` for `i < 2n`, as a
+/// `[2n, 1]` u32 tensor on `like`'s device (cached like the masks).
+fn partner_index(m: usize, offset: usize, like: &Tensor) -> Result<Tensor> {
+    cached(MaskKind::Partner, m, 1, offset, like, || {
+        let dev = like.device();
+        let n = m / 2;
+        let (o, n32, m32) = (offset as u32, n as u32, m as u32);
+        let second = Tensor::arange(o + n32, o + m32, dev)?; // partners of the first views
+        let first = Tensor::arange(o, o + n32, dev)?; // partners of the second views
+        Tensor::cat(&[second, first], 0)?.reshape((m, 1))
+    })
+}
+
+/// `[m, m]` indicator of `i < j` (`upper`) or `i != j` (else), in `like`'s dtype, cached.
+fn pair_indicator(m: usize, upper: bool, like: &Tensor) -> Result<Tensor> {
+    let kind = if upper {
+        MaskKind::Upper
+    } else {
+        MaskKind::OffDiagonal
+    };
+    cached(kind, m, m, 0, like, || {
+        let dev = like.device();
+        let r = Tensor::arange(0u32, m as u32, dev)?.reshape((m, 1))?;
+        let c = Tensor::arange(0u32, m as u32, dev)?.reshape((1, m))?;
+        let ind = if upper {
+            r.broadcast_lt(&c)?
+        } else {
+            r.broadcast_ne(&c)?
+        };
+        ind.to_dtype(like.dtype())
+    })
+}
+
+/// `[m, m]` indicator of `labels[i] == labels[j]` in `like`'s dtype, built on the device from
+/// the `m` labels (only they travel).
+fn same_label(labels: &[u32], like: &Tensor) -> Result<Tensor> {
+    let m = labels.len();
+    let l = Tensor::from_slice(labels, m, like.device())?;
+    l.reshape((m, 1))?
+        .broadcast_eq(&l.reshape((1, m))?)?
+        .to_dtype(like.dtype())
 }
 
 /// NT-Xent over the 2N views of a batch: `z1[i]` and `z2[i]` are the two views of sample `i`.
@@ -131,15 +167,13 @@ pub fn nt_xent_gathered(
             keys.dims()
         )
     }
-    let n = m / 2;
     let q = l2_normalize(local)?; // [2n, D]
     let kk = l2_normalize(keys)?; // [K, D]
     let logits = (q.matmul(&kk.t()?)? / temperature)?; // [2n, K] cosine similarity / τ
     let offset = rank * m;
-    let mask = additive_mask(m, k, &logits, |i, j| j == offset + i)?; // self-pairs out
+    let mask = self_pair_mask(m, k, offset, &logits)?; // self-pairs out
     let logp = candle_nn::ops::log_softmax(&(logits + mask)?, D::Minus1)?; // [2n, K]
-    let positives: Vec<u32> = (0..m).map(|i| (offset + (i + n) % m) as u32).collect();
-    let idx = Tensor::from_vec(positives, (m, 1), logp.device())?;
+    let idx = partner_index(m, offset, &logp)?; // [2n, 1]
     logp.gather(&idx, 1)?.mean_all()?.neg() // mean over anchors of −log p(partner)
 }
 
@@ -149,6 +183,15 @@ pub fn nt_xent_gathered(
 /// # Shapes
 /// `z1`, `z2`: `[N, D]`.
 pub fn contrastive_accuracy(z1: &Tensor, z2: &Tensor) -> Result<f32> {
+    contrastive_accuracy_t(z1, z2)?.to_scalar::<f32>()
+}
+
+/// [`contrastive_accuracy`] as an f32 scalar tensor on the embeddings' device, computed
+/// there: the training loop reads it back only when it logs.
+///
+/// # Shapes
+/// `z1`, `z2`: `[N, D]` → scalar.
+pub fn contrastive_accuracy_t(z1: &Tensor, z2: &Tensor) -> Result<Tensor> {
     let (n, _) = check_rank2(z1, "z1")?;
     if z1.dims() != z2.dims() {
         bail!(
@@ -159,14 +202,20 @@ pub fn contrastive_accuracy(z1: &Tensor, z2: &Tensor) -> Result<f32> {
     }
     let q = l2_normalize(&Tensor::cat(&[z1, z2], 0)?.detach())?; // [2N, D]
     let sim = q.matmul(&q.t()?)?; // [2N, 2N]
-    let sim = (sim + additive_mask(2 * n, 2 * n, &q, |i, j| i == j)?)?;
-    let best: Vec<u32> = sim.argmax(D::Minus1)?.to_vec1()?;
-    let hits = best
-        .iter()
-        .enumerate()
-        .filter(|&(i, &b)| b as usize == (i + n) % (2 * n))
-        .count();
-    Ok(hits as f32 / (2 * n) as f32)
+    let sim = (&sim + self_pair_mask(2 * n, 2 * n, 0, &sim)?)?;
+    let best = sim.argmax_keepdim(D::Minus1)?; // [2N, 1]
+    let partner = partner_index(2 * n, 0, &sim)?; // [2N, 1]
+    best.eq(&partner)?.to_dtype(DType::F32)?.mean_all()
+}
+
+/// How many rows carry each label: `counts[i]` is the number of rows (itself included) with
+/// row `i`'s label. O(M), on the host, where the labels are.
+fn label_counts(labels: &[u32]) -> Vec<usize> {
+    let mut per: std::collections::HashMap<u32, usize> = std::collections::HashMap::new();
+    for &l in labels {
+        *per.entry(l).or_default() += 1;
+    }
+    labels.iter().map(|l| per[l]).collect()
 }
 
 /// Labels of a SimCLR batch as identities: `[0, 1, …, N−1, 0, 1, …, N−1]`, so the label-based
@@ -198,13 +247,12 @@ pub fn supcon(embeddings: &Tensor, labels: &[u32], temperature: f64) -> Result<T
     let m = check_labels(embeddings, labels)?;
     let z = l2_normalize(embeddings)?;
     let logits = (z.matmul(&z.t()?)? / temperature)?; // [M, M]
-    let logp = candle_nn::ops::log_softmax(
-        &(logits + additive_mask(m, m, &z, |i, j| i == j)?)?,
-        D::Minus1,
-    )?;
-    let pos = indicator(m, m, &z, |i, j| i != j && labels[i] == labels[j])?; // [M, M]
-    let counts: Vec<f64> = (0..m)
-        .map(|i| (0..m).filter(|&j| j != i && labels[j] == labels[i]).count() as f64)
+    let logp =
+        candle_nn::ops::log_softmax(&(&logits + self_pair_mask(m, m, 0, &logits)?)?, D::Minus1)?;
+    let pos = (same_label(labels, &z)? * pair_indicator(m, false, &z)?)?; // [M, M]
+    let counts: Vec<f64> = label_counts(labels)
+        .iter()
+        .map(|&c| (c - 1) as f64)
         .collect();
     let anchors = counts.iter().filter(|&&c| c > 0.0).count();
     if anchors == 0 {
@@ -241,8 +289,9 @@ pub fn margin_contrastive(embeddings: &Tensor, labels: &[u32], margin: f64) -> R
     let z = l2_normalize(embeddings)?;
     let d2 = sq_distances(&z)?; // [M, M]
     let d = d2.maximum(1e-12)?.sqrt()?; // sqrt is not differentiable at 0
-    let pos = indicator(m, m, &z, |i, j| i < j && labels[i] == labels[j])?;
-    let neg = indicator(m, m, &z, |i, j| i < j && labels[i] != labels[j])?;
+    let upper = pair_indicator(m, true, &z)?; // i < j
+    let pos = (same_label(labels, &z)? * &upper)?;
+    let neg = (upper - &pos)?;
     let (np, nn) = pos_neg_counts(labels);
     let pos_term = if np > 0 {
         ((&d2 * pos)?.sum_all()? / np as f64)?
@@ -258,19 +307,15 @@ pub fn margin_contrastive(embeddings: &Tensor, labels: &[u32], margin: f64) -> R
     (pos_term + neg_term)? * 0.5
 }
 
+/// Unordered pairs `i < j` that share a label, and those that do not.
 fn pos_neg_counts(labels: &[u32]) -> (usize, usize) {
-    let mut np = 0;
-    let mut nn = 0;
-    for i in 0..labels.len() {
-        for j in i + 1..labels.len() {
-            if labels[i] == labels[j] {
-                np += 1;
-            } else {
-                nn += 1;
-            }
-        }
+    let m = labels.len();
+    let mut per: std::collections::HashMap<u32, usize> = std::collections::HashMap::new();
+    for &l in labels {
+        *per.entry(l).or_default() += 1;
     }
-    (np, nn)
+    let np: usize = per.values().map(|&c| c * (c - 1) / 2).sum();
+    (np, m * m.saturating_sub(1) / 2 - np)
 }
 
 /// Triplet loss with batch-hard mining (Hermans, Beyer, Leibe 2017) on L2-normalised
@@ -287,15 +332,15 @@ pub fn triplet_batch_hard(embeddings: &Tensor, labels: &[u32], margin: f64) -> R
     let m = check_labels(embeddings, labels)?;
     let z = l2_normalize(embeddings)?;
     let d = sq_distances(&z)?.maximum(1e-12)?.sqrt()?; // [M, M]
-    let not_pos = additive_mask(m, m, &z, |i, j| i == j || labels[i] != labels[j])?;
-    let not_neg = additive_mask(m, m, &z, |i, j| labels[i] == labels[j])?.neg()?;
+    let same = same_label(labels, &z)?; // [M, M]
+    let positive = (&same * pair_indicator(m, false, &z)?)?; // same label, not itself
+    let not_pos = positive.affine(-MASKED, MASKED)?; // MASKED where not a positive
+    let not_neg = same.affine(-MASKED, 0.0)?; // +|MASKED| where not a negative
     let hardest_pos = (&d + not_pos)?.max(1)?; // [M]
     let hardest_neg = (&d + not_neg)?.min(1)?; // [M]
-    let valid: Vec<bool> = (0..m)
-        .map(|i| {
-            (0..m).any(|j| j != i && labels[j] == labels[i])
-                && (0..m).any(|j| labels[j] != labels[i])
-        })
+    let valid: Vec<bool> = label_counts(labels)
+        .iter()
+        .map(|&c| c >= 2 && c < m)
         .collect();
     let count = valid.iter().filter(|&&v| v).count();
     if count == 0 {
@@ -427,4 +472,72 @@ impl LossConfig {
 /// Casts to f32 for reporting.
 pub fn scalar(t: &Tensor) -> Result<f32> {
     t.to_dtype(DType::F32)?.to_scalar::<f32>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn host(rows: usize, cols: usize, f: impl Fn(usize, usize) -> f64) -> Vec<Vec<f64>> {
+        (0..rows)
+            .map(|i| (0..cols).map(|j| f(i, j)).collect())
+            .collect()
+    }
+
+    #[test]
+    fn device_built_masks_equal_host_built_ones_and_are_cached() -> Result<()> {
+        for dtype in [DType::F32, DType::F64] {
+            clear_mask_cache();
+            let like = Tensor::zeros(1, dtype, &Device::Cpu)?;
+            let (m, k, offset) = (6, 18, 6);
+            let mask = self_pair_mask(m, k, offset, &like)?;
+            assert_eq!(mask.dtype(), dtype);
+            let want = host(m, k, |i, j| if j == offset + i { MASKED } else { 0.0 });
+            assert_eq!(mask.to_dtype(DType::F64)?.to_vec2::<f64>()?, want);
+            let partner: Vec<u32> = partner_index(m, offset, &like)?.flatten_all()?.to_vec1()?;
+            let want: Vec<u32> = (0..m).map(|i| (offset + (i + m / 2) % m) as u32).collect();
+            assert_eq!(partner, want);
+            for upper in [true, false] {
+                let got = pair_indicator(5, upper, &like)?.to_dtype(DType::F64)?;
+                let want = host(5, 5, |i, j| {
+                    f64::from(u8::from(if upper { i < j } else { i != j }))
+                });
+                assert_eq!(got.to_vec2::<f64>()?, want);
+            }
+            let labels = [3, 1, 3, 0, 1];
+            let got = same_label(&labels, &like)?.to_dtype(DType::F64)?;
+            let want = host(5, 5, |i, j| f64::from(u8::from(labels[i] == labels[j])));
+            assert_eq!(got.to_vec2::<f64>()?, want);
+            // Four shapes built; asking again builds nothing: the same tensor comes back.
+            assert_eq!(masks::mask_cache_len(), 4);
+            let again = self_pair_mask(m, k, offset, &like)?;
+            assert_eq!(masks::mask_cache_len(), 4);
+            assert_eq!(again.id(), mask.id());
+        }
+        // Many shapes: the cache stays bounded.
+        let like = Tensor::zeros(1, DType::F32, &Device::Cpu)?;
+        for m in 1..40 {
+            self_pair_mask(m, m, 0, &like)?;
+        }
+        assert!(masks::mask_cache_len() <= 16);
+        Ok(())
+    }
+
+    #[test]
+    fn pair_counts_match_a_double_loop() {
+        let labels = [0, 1, 0, 2, 1, 0, 5];
+        let (mut np, mut nn) = (0, 0);
+        for i in 0..labels.len() {
+            for j in i + 1..labels.len() {
+                if labels[i] == labels[j] {
+                    np += 1;
+                } else {
+                    nn += 1;
+                }
+            }
+        }
+        assert_eq!(pos_neg_counts(&labels), (np, nn));
+        assert_eq!(label_counts(&labels), vec![3, 2, 3, 1, 2, 3, 1]);
+    }
 }
