@@ -226,8 +226,19 @@ pub struct SgdRule;
 /// The rule of [`AdamW`].
 pub struct AdamWRule;
 
-fn norm(t: &Tensor) -> Result<f64> {
-    Ok(f64::from(t.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()?))
+/// `‖t‖₂` as a scalar tensor on `t`'s device.
+fn norm(t: &Tensor) -> Result<Tensor> {
+    t.sqr()?.sum_all()?.sqrt()
+}
+
+/// LARS's trust ratio `η‖w‖/‖g‖` (1 where either norm is 0) as a scalar tensor, computed on
+/// the parameters' device: the update never reads a value back to the host, so a GPU step
+/// runs without a synchronisation per parameter.
+pub fn lars_trust_ratio(w: &Tensor, g: &Tensor, trust_coefficient: f64) -> Result<Tensor> {
+    let (wn, gn) = (norm(w)?, norm(g)?);
+    let ratio = (wn.affine(trust_coefficient, 0.0)? / &gn)?;
+    let both = (wn.gt(0.0)? * gn.gt(0.0)?)?; // u8: 1 where both norms are positive
+    both.where_cond(&ratio, &wn.ones_like()?)
 }
 
 impl Rule for LarsRule {
@@ -244,15 +255,13 @@ impl Rule for LarsRule {
         if !excluded && c.weight_decay != 0.0 {
             g = (g + (&w * c.weight_decay)?)?;
         }
-        let mut trust = 1.0;
-        if !excluded {
-            let (wn, gn) = (norm(&w)?, norm(&g)?);
-            if wn > 0.0 && gn > 0.0 {
-                trust = c.trust_coefficient * wn / gn;
-            }
-        }
+        let scaled = if excluded {
+            (&g * c.lr)?
+        } else {
+            let factor = lars_trust_ratio(&w, &g, c.trust_coefficient)?.affine(c.lr, 0.0)?;
+            g.broadcast_mul(&factor)?
+        };
         let v = &mut slots[0];
-        let scaled = (&g * (c.lr * trust))?;
         *v = ((&*v * c.momentum)? + &scaled)?;
         let update = if c.nesterov {
             ((&*v * c.momentum)? + scaled)?
@@ -472,6 +481,93 @@ mod tests {
         // b: v = 0.9·1 + 0.5·2 = 1.9, b = −1.9.
         close(&values(&b), &[-1.9]);
         assert_eq!(StatefulOptimizer::steps(&opt), 2);
+    }
+
+    /// LARS's rule with the norms read back to the host and the trust ratio computed there,
+    /// in the f32 arithmetic the device tensors use (`affine` is `x·mul + 0`).
+    fn host_lars(c: &OptimConfig, w: &[f32], g: &[f32], v: &mut [f32], excluded: bool) -> Vec<f32> {
+        let dev = Device::Cpu;
+        let g: Vec<f32> = if !excluded && c.weight_decay != 0.0 {
+            let wd = c.weight_decay as f32;
+            w.iter().zip(g).map(|(w, g)| g + (w * wd + 0.0)).collect()
+        } else {
+            g.to_vec()
+        };
+        let read = |x: &[f32]| {
+            Tensor::from_slice(x, x.len(), &dev)
+                .and_then(|t| t.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>())
+                .unwrap()
+        };
+        let lr = c.lr as f32;
+        let factor = if excluded {
+            lr
+        } else {
+            let (wn, gn) = (read(w), read(&g));
+            let r = if wn > 0.0 && gn > 0.0 {
+                (wn * c.trust_coefficient as f32 + 0.0) / gn
+            } else {
+                1.0
+            };
+            r * lr + 0.0
+        };
+        let mu = c.momentum as f32;
+        w.iter()
+            .zip(&g)
+            .zip(v.iter_mut())
+            .map(|((w, g), v)| {
+                let scaled = if excluded {
+                    g * factor + 0.0
+                } else {
+                    g * factor
+                };
+                *v = (*v * mu + 0.0) + scaled;
+                w - *v
+            })
+            .collect()
+    }
+
+    #[test]
+    fn device_side_lars_equals_the_host_rule_bit_for_bit() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let dev = Device::Cpu;
+        let c = OptimConfig {
+            lr: 0.37,
+            weight_decay: 1e-4,
+            ..OptimConfig::default()
+        };
+        for (len, excluded, zero_w) in [(300, false, false), (7, true, false), (50, false, true)] {
+            let w: Vec<f32> = (0..len)
+                .map(|_| {
+                    if zero_w {
+                        0.0
+                    } else {
+                        rng.random_range(-1.0..1.0)
+                    }
+                })
+                .collect();
+            let mut v_host: Vec<f32> = (0..len).map(|_| rng.random_range(-0.1..0.1)).collect();
+            let mut slots = [Tensor::from_slice(&v_host, len, &dev).unwrap()];
+            let mut w_now = w.clone();
+            for _ in 0..3 {
+                let g: Vec<f32> = (0..len).map(|_| rng.random_range(-0.01..0.01)).collect();
+                let want = host_lars(&c, &w_now, &g, &mut v_host, excluded);
+                let got = LarsRule::update(
+                    &c,
+                    Tensor::from_slice(&w_now, len, &dev).unwrap(),
+                    Tensor::from_slice(&g, len, &dev).unwrap(),
+                    excluded,
+                    &mut slots,
+                    1,
+                )
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+                assert_eq!(got, want, "len {len}, excluded {excluded}");
+                assert_eq!(slots[0].to_vec1::<f32>().unwrap(), v_host);
+                w_now = got;
+            }
+        }
     }
 
     #[test]
