@@ -116,6 +116,18 @@ impl BatchNorm {
         tail: Tail,
         train: bool,
     ) -> Result<Tensor> {
+        if x.dtype() != self.weight.dtype() {
+            // bf16 activations: statistics, normalisation and the tail in f32, the result
+            // back in the activations' dtype.
+            let dtype = x.dtype();
+            let x = x.to_dtype(self.weight.dtype())?;
+            let r = residual
+                .map(|r| r.to_dtype(self.weight.dtype()))
+                .transpose()?;
+            return self
+                .forward_fused(&x, r.as_ref(), tail, train)?
+                .to_dtype(dtype);
+        }
         let fast = x.device().is_cpu()
             && x.dtype() == DType::F32
             && self.weight.dtype() == DType::F32

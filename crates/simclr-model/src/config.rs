@@ -57,6 +57,50 @@ impl FromStr for Arch {
     }
 }
 
+/// The arithmetic of a training step. Weights, optimiser state, BatchNorm statistics, the
+/// loss and checkpoints stay f32 in both; `bf16` runs the convolutions and matrix products
+/// on bf16 activations (the weights cast per step), for GPUs with bf16 tensor cores.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// Everything in f32 (the default).
+    #[default]
+    F32,
+    /// bf16 activations, convolutions and matrix products; f32 master weights.
+    Bf16,
+}
+
+impl Precision {
+    /// The dtype of the activations.
+    pub fn dtype(self) -> candle_core::DType {
+        match self {
+            Self::F32 => candle_core::DType::F32,
+            Self::Bf16 => candle_core::DType::BF16,
+        }
+    }
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::F32 => "f32",
+            Self::Bf16 => "bf16",
+        })
+    }
+}
+
+impl FromStr for Precision {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" | "fp32" => Ok(Self::F32),
+            "bf16" => Ok(Self::Bf16),
+            _ => Err(format!("unknown precision `{s}`; expected f32 or bf16")),
+        }
+    }
+}
+
 /// The stem: how the network first shrinks the image.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

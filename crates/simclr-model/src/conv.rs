@@ -23,7 +23,7 @@ use std::cell::RefCell;
 use std::mem::MaybeUninit;
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, bail};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, bail};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
@@ -52,6 +52,9 @@ pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<T
         && w.dtype() == DType::F32
         && k == kw;
     if !fast {
+        if k == kw && padding < k {
+            return conv2d_im2col(x, w, stride, padding);
+        }
         return x.conv2d(w, padding, stride, 1, 1);
     }
     let op = Conv2dOp {
@@ -61,6 +64,195 @@ pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<T
         kernel: k,
     };
     x.contiguous()?.apply_op2(&w.contiguous()?, op)
+}
+
+/// The convolution on any device and dtype with both gradients as im2col + gemm
+/// convolutions (cuBLAS on CUDA), instead of candle's own backward, whose input gradient is a
+/// direct `conv_transpose2d` kernel (one thread per input element looping over the kernel and
+/// the output channels: on CUDA, slower than the rest of the step together).
+///
+/// The forward is candle's `conv2d` (im2col + gemm on CUDA and the CPU), wrapped in an op
+/// whose backward computes
+/// - the input gradient as a stride-1 convolution of `dY` (zeros inserted between its pixels
+///   for a strided convolution) with the kernel flipped and its channel axes swapped,
+///   padding `K − 1 − padding` (so `padding < K` is needed);
+/// - the weight gradient as the convolution of `Xᵀ` (`[C, N, H, W]`) with `dYᵀ` as the
+///   kernel, dilated by the stride, as candle's backward does.
+///
+/// Both are plain convolutions, so the gradients are differentiable again.
+///
+/// # Shapes
+/// `x`: `[N, C, H, W]`, `w`: `[O, C, K, K]` → `[N, O, OH, OW]`.
+pub fn conv2d_im2col(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
+    let (_, c, h, wd) = x.dims4()?;
+    let (_, wc, k, kw) = w.dims4()?;
+    if k != kw || c != wc || padding >= k {
+        bail!(
+            "conv2d_im2col: needs a square kernel, matching channels and padding < kernel; \
+             input {:?}, weight {:?}, padding {padding}",
+            x.dims(),
+            w.dims()
+        )
+    }
+    Geom::new(x.dims4()?, (w.dim(0)?, k), stride, padding)?;
+    let y = x
+        .detach()
+        .conv2d(&w.detach(), padding, stride, 1, 1)?
+        .contiguous()?;
+    if !(x.track_op() || w.track_op()) {
+        return Ok(y);
+    }
+    x.apply_op3(
+        w,
+        &y,
+        Im2ColGrad {
+            stride,
+            padding,
+            in_hw: (h, wd),
+        },
+    )
+}
+
+/// The op that carries [`conv2d_im2col`]'s backward: its forward hands back the
+/// convolution computed beside it (the third argument).
+struct Im2ColGrad {
+    stride: usize,
+    padding: usize,
+    in_hw: (usize, usize),
+}
+
+/// `dX` of a convolution from `dY`, as a stride-1 convolution (see [`conv2d_im2col`]).
+///
+/// # Shapes
+/// `dy`: `[N, O, OH, OW]`, `w`: `[O, C, K, K]` → `[N, C, H, W]`.
+pub fn conv2d_input_grad(
+    dy: &Tensor,
+    w: &Tensor,
+    (h, wd): (usize, usize),
+    stride: usize,
+    padding: usize,
+) -> Result<Tensor> {
+    let (n, o, oh, ow) = dy.dims4()?;
+    let k = w.dim(2)?;
+    // Rows and columns the forward never reached ((H + 2p − K) mod stride) get zeros.
+    let extra_h = (h + 2 * padding - k) % stride;
+    let extra_w = (wd + 2 * padding - k) % stride;
+    let (hd, wdd) = (
+        (oh - 1) * stride + 1 + extra_h,
+        (ow - 1) * stride + 1 + extra_w,
+    );
+    let dilated = if stride == 1 {
+        dy.pad_with_zeros(2, 0, extra_h)?
+            .pad_with_zeros(3, 0, extra_w)?
+    } else {
+        let zeros = |shape: (usize, usize, usize, usize, usize)| {
+            Tensor::zeros(shape, dy.dtype(), dy.device())
+        };
+        // Each pixel followed by stride − 1 zeros, along the columns then the rows.
+        let cols = Tensor::cat(&[&dy.unsqueeze(4)?, &zeros((n, o, oh, ow, stride - 1))?], 4)?
+            .reshape((n, o, oh, ow * stride))?
+            .narrow(3, 0, wdd)?;
+        Tensor::cat(
+            &[&cols.unsqueeze(3)?, &zeros((n, o, oh, stride - 1, wdd))?],
+            3,
+        )?
+        .reshape((n, o, oh * stride, wdd))?
+        .narrow(2, 0, hd)?
+    };
+    let rev = Tensor::from_vec((0..k as u32).rev().collect::<Vec<_>>(), k, w.device())?;
+    let flipped = w
+        .index_select(&rev, 2)?
+        .index_select(&rev, 3)?
+        .transpose(0, 1)?
+        .contiguous()?; // [C, O, K, K]
+    dilated
+        .contiguous()?
+        .conv2d(&flipped, k - 1 - padding, 1, 1, 1)
+}
+
+/// `dW` of a convolution from its input and `dY` (see [`conv2d_im2col`]).
+///
+/// # Shapes
+/// `x`: `[N, C, H, W]`, `dy`: `[N, O, OH, OW]` → `[O, C, K, K]`.
+pub fn conv2d_weight_grad(
+    x: &Tensor,
+    dy: &Tensor,
+    k: usize,
+    stride: usize,
+    padding: usize,
+) -> Result<Tensor> {
+    let g = x.transpose(0, 1)?.contiguous()?.conv2d(
+        &dy.transpose(0, 1)?.contiguous()?,
+        padding,
+        1,
+        stride,
+        1,
+    )?; // [C, O, ≥K, ≥K]
+    g.narrow(2, 0, k)?
+        .narrow(3, 0, k)?
+        .transpose(0, 1)?
+        .contiguous()
+}
+
+impl CustomOp3 for Im2ColGrad {
+    fn name(&self) -> &'static str {
+        "simclr-conv2d-im2col"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        y: &CpuStorage,
+        l: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        check_whole(l)?;
+        Ok((y.try_clone(l)?, l.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+        y: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        check_whole(l)?;
+        Ok((y.try_clone(l)?, l.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let dy = dy.contiguous()?;
+        let dx = x
+            .track_op()
+            .then(|| conv2d_input_grad(&dy, w, self.in_hw, self.stride, self.padding))
+            .transpose()?;
+        let dw = w
+            .track_op()
+            .then(|| conv2d_weight_grad(x, &dy, w.dim(2)?, self.stride, self.padding))
+            .transpose()?;
+        Ok((dx, dw, None))
+    }
+}
+
+/// The forward's result is handed on whole: it must be contiguous from offset 0.
+fn check_whole(l: &Layout) -> Result<()> {
+    if !l.is_contiguous() || l.start_offset() != 0 {
+        bail!("conv2d_im2col: the forward's result is not contiguous")
+    }
+    Ok(())
 }
 
 /// The convolution's geometry.

@@ -23,7 +23,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal, Uniform};
 
-pub use crate::config::{Arch, ModelConfig, Stem};
+pub use crate::config::{Arch, ModelConfig, Precision, Stem};
 pub use crate::resnet::{Projector, ResNet, max_pool_3x3_s2};
 
 /// Whether the named tensor is a BatchNorm running statistic (saved, never optimised).
@@ -46,6 +46,7 @@ pub struct SimClr {
     pub projector: Projector,
     config: ModelConfig,
     varmap: VarMap,
+    precision: Precision,
 }
 
 impl SimClr {
@@ -69,6 +70,7 @@ impl SimClr {
             projector,
             config: config.clone(),
             varmap,
+            precision: Precision::F32,
         };
         model.init(seed)?;
         Ok(model)
@@ -215,8 +217,19 @@ impl SimClr {
     /// # Shapes
     /// `[B, C, H, W]` → (`[B, feature_dim]`, `[B, proj_dim]`).
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<(Tensor, Tensor)> {
-        let h = self.encode_t(x, train)?;
-        let z = self.projector.forward_t(&h, train)?;
-        Ok((h, z))
+        let x = x.to_dtype(self.precision.dtype())?;
+        let h = self.encode_t(&x, train)?;
+        let z = self.projector.forward_t(&h.to_dtype(x.dtype())?, train)?;
+        Ok((h, z.to_dtype(DType::F32)?))
+    }
+
+    /// Sets the arithmetic of [`forward_t`](Self::forward_t) (the weights stay f32).
+    pub fn set_precision(&mut self, precision: Precision) {
+        self.precision = precision;
+    }
+
+    /// The arithmetic of [`forward_t`](Self::forward_t).
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 }

@@ -6,7 +6,7 @@
 //! `torchvision.models.resnet18/50`. Unlike that file, BatchNorm runs in training mode when
 //! asked: every forward takes `train` (`ModuleT`).
 
-use candle_core::{D, Module, ModuleT, Result, Tensor};
+use candle_core::{D, DType, Module, ModuleT, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
 use crate::batchnorm::BatchNorm;
@@ -47,8 +47,10 @@ impl Conv {
         })
     }
 
+    /// The convolution in `x`'s dtype (the f32 weight is cast for bf16 activations).
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        crate::conv::conv2d(x, &self.weight, self.stride, self.padding)
+        let w = self.weight.to_dtype(x.dtype())?;
+        crate::conv::conv2d(x, &w, self.stride, self.padding)
     }
 }
 
@@ -248,7 +250,8 @@ impl ModuleT for ResNet {
                 y = block.forward_t(&y, train)?;
             }
         }
-        y.mean(D::Minus1)?.mean(D::Minus1) // global average pool: [B, feature_dim]
+        // Global average pool, in f32 whatever the activations: [B, feature_dim].
+        y.to_dtype(DType::F32)?.mean(D::Minus1)?.mean(D::Minus1)
     }
 }
 
@@ -285,8 +288,18 @@ impl ModuleT for Projector {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let mut y = x.clone();
         for (lin, bn) in &self.hidden {
-            y = bn.forward_relu(&lin.forward(&y)?, train)?;
+            y = bn.forward_relu(&linear(lin, &y)?, train)?;
         }
-        self.out.forward(&y)
+        linear(&self.out, &y)
     }
+}
+
+/// `lin(x)` in `x`'s dtype: the f32 weight and bias are cast for bf16 activations.
+fn linear(lin: &Linear, x: &Tensor) -> Result<Tensor> {
+    if lin.weight().dtype() == x.dtype() {
+        return lin.forward(x);
+    }
+    let w = lin.weight().to_dtype(x.dtype())?;
+    let b = lin.bias().map(|b| b.to_dtype(x.dtype())).transpose()?;
+    Linear::new(w, b).forward(x)
 }

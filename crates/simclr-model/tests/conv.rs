@@ -6,7 +6,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
-use simclr_model::conv::conv2d;
+use simclr_model::conv::{conv2d, conv2d_im2col};
 
 /// A convolution case: batch, in channels, height, width, out channels, kernel, stride,
 /// padding.
@@ -241,6 +241,27 @@ fn gradients_match_finite_differences_on_non_square_inputs() {
         let what = format!("{cs:?} weight gradient");
         assert_close(&pick(&dw, &at_w), &fdw, 1e-4, &what);
     }
+}
+
+/// The device-generic path (what runs on CUDA: candle's im2col forward, gradients as
+/// im2col convolutions) against the CPU op on every case, square or not, forward and both
+/// gradients, on the same inputs.
+#[test]
+fn the_im2col_path_matches_the_cpu_op_forward_and_backward() {
+    for (i, cs) in CASES.iter().enumerate() {
+        let (x, w, r) = operands(cs, 300 + 10 * i as u64);
+        let (s, p) = (cs.s, cs.p);
+        let y = to_vec(&conv2d_im2col(&x, &w, s, p).unwrap());
+        let want = to_vec(&conv2d(&x, &w, s, p).unwrap());
+        assert_close(&y, &want, 1e-5, &format!("{cs:?} forward"));
+        let (dx, dw) = grads(&x, &w, &r, |x, w| conv2d_im2col(x, w, s, p).unwrap());
+        let (fdx, fdw) = grads(&x, &w, &r, |x, w| conv2d(x, w, s, p).unwrap());
+        assert_close(&dx, &fdx, 1e-4, &format!("{cs:?} input gradient"));
+        assert_close(&dw, &fdw, 1e-4, &format!("{cs:?} weight gradient"));
+    }
+    // Padding as large as the kernel is refused rather than computed wrongly.
+    let (x, w, _) = operands(&case(1, 2, (5, 5), 2, 1, 1, 0), 1);
+    assert!(conv2d_im2col(&x, &w, 1, 1).is_err());
 }
 
 #[test]
