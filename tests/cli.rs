@@ -196,13 +196,36 @@ fn pretrain_writes_config_metrics_and_checkpoints_then_resumes() {
     let last: serde_json::Value = serde_json::from_str(metrics.lines().last().unwrap()).unwrap();
     assert_eq!(last["step"], 3);
 
-    // Changing the recipe on resume is refused, with the reason.
+    // Changing the recipe on resume is refused, naming the value that differs.
     let out = simclr(&["pretrain", "--resume", "run", "--lr", "1.0"], dir.path());
     assert!(!out.status.success());
+    let lr = config["lr"].as_f64().unwrap();
     assert!(
-        stderr(&out).contains("--lr cannot be changed when resuming"),
+        stderr(&out).contains(&format!("--lr 1 (the run has {lr})")),
         "{}",
         stderr(&out)
+    );
+    // The same command line again with --resume is fine: its values are the saved ones.
+    let mut again = TINY.to_vec();
+    again.extend(["--out", "run", "--resume", "run", "--max-steps", "4"]);
+    let out = simclr(&again, dir.path());
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("after 1 step (step 4 of the run)"),
+        "{}",
+        stderr(&out)
+    );
+    // A config file is compared key by key.
+    std::fs::write(dir.path().join("r.toml"), "seed = 0\ntemperature = 0.9\n").unwrap();
+    let out = simclr(
+        &["pretrain", "--resume", "run", "--config", "r.toml"],
+        dir.path(),
+    );
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("`temperature` = 0.9 in `r.toml`") && !err.contains("`seed`"),
+        "{err}"
     );
 }
 
@@ -416,6 +439,21 @@ fn pretrain_reads_a_toml_config_and_flags_override_it() {
     assert!(stderr(&out).contains("widht"), "{}", stderr(&out));
 }
 
+/// What `--device cuda` must say where it cannot run: a build without the `cuda` feature
+/// names the feature; a CUDA build on a machine without a GPU cannot open the device. Where a
+/// GPU is present `--device cuda` works, so there is no error to check (skipped).
+fn cuda_error_case() -> Option<(&'static [&'static str], &'static str)> {
+    const FLAGS: &[&str] = &["--device", "cuda"];
+    if !cfg!(feature = "cuda") {
+        Some((FLAGS, "no CUDA support"))
+    } else if candle_core::Device::new_cuda(0).is_err() {
+        Some((FLAGS, "cannot open CUDA device 0"))
+    } else {
+        eprintln!("skipped the --device cuda error case: a GPU is present");
+        None
+    }
+}
+
 #[test]
 fn pretrain_rejects_bad_options_before_any_work() {
     let dir = tempfile::tempdir().unwrap();
@@ -429,9 +467,16 @@ fn pretrain_rejects_bad_options_before_any_work() {
             "--batch-size must be at least 2",
         ),
         (&["--batch-size", "5000"][..], "fewer than one batch"),
-        (&["--device", "cuda"][..], "no CUDA support"),
         (&["--arch", "resnet99"][..], "unknown architecture"),
-    ] {
+        (
+            &["--precision", "bf16"][..],
+            "--precision bf16 needs --device cuda",
+        ),
+        (&["--log-every", "0"][..], "--log-every must be at least 1"),
+    ]
+    .into_iter()
+    .chain(cuda_error_case())
+    {
         let mut args = vec!["pretrain", "--width", "0.125", "--image-size", "16", "-q"];
         args.extend(flags);
         args.extend(["--out", "never"]);

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use simclr_augment::AugmentConfig;
 use simclr_loss::{LossConfig, LossKind};
-use simclr_model::{Arch, ModelConfig, Stem};
+use simclr_model::{Arch, ModelConfig, Precision, Stem};
 
 use crate::optim::{OptimConfig, OptimizerKind};
 use crate::schedule::LrScaling;
@@ -78,6 +78,9 @@ pub struct TrainConfig {
     pub save_every: u64,
     /// Numbered checkpoints kept (the oldest are deleted).
     pub keep_last: usize,
+    /// Arithmetic of the step (`bf16` on CUDA); checkpoints are f32 either way, so a run may
+    /// be resumed with the other one.
+    pub precision: Precision,
 }
 
 impl Default for TrainConfig {
@@ -113,6 +116,7 @@ impl Default for TrainConfig {
             prefetch: 4,
             save_every: 1,
             keep_last: 3,
+            precision: Precision::F32,
         }
     }
 }

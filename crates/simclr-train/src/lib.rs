@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod loader;
+pub mod lock;
 pub mod memory;
 pub mod optim;
 pub mod schedule;

@@ -7,17 +7,72 @@
 //! at any step sees exactly the batches an uninterrupted run would have, with no generator
 //! state to save. The last incomplete batch of an epoch is dropped (`drop_last`), as SimCLR
 //! needs full batches of negatives.
+//!
+//! The loader thread also puts each batch on the training device, so the copy to a GPU
+//! overlaps the step before it. It cannot fail silently: an augmentation error, a failed copy
+//! or a panic while building a batch (a broken dataset, say) reaches the consumer as a
+//! [`LoaderError`] naming the batch, and a producer that stopped early is an error too.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use candle_core::{Device, Tensor};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
-use simclr_augment::{AugmentConfig, AugmentError, ViewBatch};
+use simclr_augment::{AugmentConfig, AugmentError};
 use simclr_data::Dataset;
+
+/// Why the loader could not deliver a batch.
+#[derive(Debug, thiserror::Error)]
+pub enum LoaderError {
+    /// The augmentation pipeline refused the batch.
+    #[error("building the batch of epoch {epoch}, step {step}")]
+    Augment {
+        /// Epoch (1-based).
+        epoch: u64,
+        /// Step within the epoch (1-based).
+        step: u64,
+        /// The cause.
+        #[source]
+        source: AugmentError,
+    },
+    /// The batch could not be put on the training device.
+    #[error("copying the batch of epoch {epoch}, step {step} to the device")]
+    Device {
+        /// Epoch (1-based).
+        epoch: u64,
+        /// Step within the epoch (1-based).
+        step: u64,
+        /// The cause.
+        #[source]
+        source: candle_core::Error,
+    },
+    /// Building the batch panicked (typically a dataset that failed to read an item).
+    #[error("the data loader crashed building the batch of epoch {epoch}, step {step}: {message}")]
+    Panicked {
+        /// Epoch (1-based).
+        epoch: u64,
+        /// Step within the epoch (1-based).
+        step: u64,
+        /// The panic's message.
+        message: String,
+    },
+    /// The augmentation threads could not be started.
+    #[error("cannot start the augmentation threads")]
+    Threads(#[source] rayon::ThreadPoolBuildError),
+    /// The producer ended before the batches the run needs (a bug, never a normal end).
+    #[error("the data loader stopped early, before epoch {epoch}, step {step}")]
+    Stopped {
+        /// Epoch (1-based) of the batch that did not come.
+        epoch: u64,
+        /// Step within the epoch (1-based).
+        step: u64,
+    },
+}
 
 /// One training batch.
 #[derive(Debug)]
@@ -26,8 +81,8 @@ pub struct Batch {
     pub epoch: u64,
     /// Step within the epoch (0-based).
     pub step_in_epoch: u64,
-    /// `[2N, C, H, W]` views: image `i`'s at rows `i` and `N + i`.
-    pub views: ViewBatch,
+    /// `[2N, C, H, W]` f32 views on the training device: image `i`'s at rows `i` and `N + i`.
+    pub views: Tensor,
     /// Class labels of the `N` images, when the dataset has them (supervised losses).
     pub labels: Option<Vec<u32>>,
 }
@@ -47,44 +102,83 @@ pub fn steps_per_epoch(len: usize, batch_size: usize) -> u64 {
     (len / batch_size.max(1)) as u64
 }
 
-/// Builds the batch of `step` in `epoch` on the calling thread.
+/// Builds the batch of `step` in `epoch` on the calling thread, on `device`.
 pub fn make_batch(
     dataset: &dyn Dataset,
     augment: &AugmentConfig,
     seed: u64,
     batch_size: usize,
-    epoch: u64,
-    step: u64,
-) -> Result<Batch, AugmentError> {
+    (epoch, step): (u64, u64),
+    device: &Device,
+) -> Result<Batch, LoaderError> {
     let order = epoch_order(seed, epoch, dataset.len());
-    batch_from_order(dataset, augment, seed, batch_size, epoch, step, &order)
+    let config = LoaderConfig {
+        batch_size,
+        seed,
+        prefetch: 1,
+        workers: 1,
+        device: device.clone(),
+    };
+    batch_from_order(dataset, augment, &config, epoch, step, &order)
 }
 
+/// The batch of `step` in `epoch` given the epoch's `order`; a panic while building it is
+/// caught and returned as [`LoaderError::Panicked`].
 fn batch_from_order(
     dataset: &dyn Dataset,
     augment: &AugmentConfig,
-    seed: u64,
-    batch_size: usize,
+    config: &LoaderConfig,
     epoch: u64,
     step: u64,
     order: &[usize],
-) -> Result<Batch, AugmentError> {
-    let start = step as usize * batch_size;
-    let ids = &order[start..start + batch_size];
-    let samples: Vec<_> = ids.iter().map(|&i| dataset.get(i)).collect();
-    let images: Vec<_> = samples.iter().map(|s| &s.image).collect();
-    let indices: Vec<u64> = ids.iter().map(|&i| i as u64).collect();
-    let views = augment.batch(&images, seed, epoch, &indices)?;
-    let labels = samples
-        .iter()
-        .map(|s| s.label)
-        .collect::<Option<Vec<u32>>>();
+) -> Result<Batch, LoaderError> {
+    let (e, s) = (epoch + 1, step + 1);
+    let built = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        let start = step as usize * config.batch_size;
+        let ids = &order[start..start + config.batch_size];
+        let samples: Vec<_> = ids.iter().map(|&i| dataset.get(i)).collect();
+        let images: Vec<_> = samples.iter().map(|s| &s.image).collect();
+        let indices: Vec<u64> = ids.iter().map(|&i| i as u64).collect();
+        let views = augment.batch(&images, config.seed, epoch, &indices);
+        let labels = samples
+            .iter()
+            .map(|s| s.label)
+            .collect::<Option<Vec<u32>>>();
+        (views, labels)
+    }));
+    let (views, labels) = built.map_err(|payload| LoaderError::Panicked {
+        epoch: e,
+        step: s,
+        message: panic_message(&*payload),
+    })?;
+    let views = views.map_err(|source| LoaderError::Augment {
+        epoch: e,
+        step: s,
+        source,
+    })?;
+    let views =
+        Tensor::from_vec(views.data, views.shape.as_slice(), &config.device).map_err(|source| {
+            LoaderError::Device {
+                epoch: e,
+                step: s,
+                source,
+            }
+        })?;
     Ok(Batch {
         epoch,
         step_in_epoch: step,
         views,
         labels,
     })
+}
+
+/// The text of a panic's payload (`panic!("…")` gives a `&str` or a `String`).
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
 }
 
 /// Settings of a [`Loader`].
@@ -98,14 +192,22 @@ pub struct LoaderConfig {
     pub prefetch: usize,
     /// Threads that build one batch in parallel.
     pub workers: usize,
+    /// Where the batches go (the training device).
+    pub device: Device,
 }
 
 /// Iterates batches from `(start_epoch, start_step)` up to the end of epoch `end_epoch - 1`,
 /// built on a background thread.
 pub struct Loader {
-    rx: Receiver<Result<Batch, AugmentError>>,
+    rx: Receiver<Result<Batch, LoaderError>>,
     handle: Option<JoinHandle<()>>,
     waited: Duration,
+    /// The next batch expected, (epoch, step), 0-based.
+    next: (u64, u64),
+    /// The end of the run: epoch `end_epoch` step 0 is never produced.
+    end_epoch: u64,
+    steps: u64,
+    failed: bool,
 }
 
 impl Loader {
@@ -118,6 +220,7 @@ impl Loader {
         end_epoch: u64,
     ) -> Self {
         let (tx, rx) = sync_channel(config.prefetch.max(1));
+        let steps = steps_per_epoch(dataset.len(), config.batch_size);
         let handle = std::thread::Builder::new()
             .name("simclr-loader".into())
             .spawn(move || produce(&*dataset, &augment, &config, start, end_epoch, &tx))
@@ -126,6 +229,10 @@ impl Loader {
             rx,
             handle: Some(handle),
             waited: Duration::ZERO,
+            next: start,
+            end_epoch,
+            steps,
+            failed: false,
         }
     }
 
@@ -141,7 +248,7 @@ fn produce(
     config: &LoaderConfig,
     (start_epoch, start_step): (u64, u64),
     end_epoch: u64,
-    tx: &SyncSender<Result<Batch, AugmentError>>,
+    tx: &SyncSender<Result<Batch, LoaderError>>,
 ) {
     let pool = match rayon::ThreadPoolBuilder::new()
         .num_threads(config.workers.max(1))
@@ -150,9 +257,7 @@ fn produce(
     {
         Ok(p) => p,
         Err(e) => {
-            let _ = tx.send(Err(AugmentError::Config(format!(
-                "cannot start augmentation threads: {e}"
-            ))));
+            let _ = tx.send(Err(LoaderError::Threads(e)));
             return;
         }
     };
@@ -161,17 +266,8 @@ fn produce(
         let order = epoch_order(config.seed, epoch, dataset.len());
         let first = if epoch == start_epoch { start_step } else { 0 };
         for step in first..steps {
-            let batch = pool.install(|| {
-                batch_from_order(
-                    dataset,
-                    augment,
-                    config.seed,
-                    config.batch_size,
-                    epoch,
-                    step,
-                    &order,
-                )
-            });
+            let batch =
+                pool.install(|| batch_from_order(dataset, augment, config, epoch, step, &order));
             let failed = batch.is_err();
             if tx.send(batch).is_err() || failed {
                 return; // the consumer hung up, or there is nothing more to send
@@ -181,13 +277,43 @@ fn produce(
 }
 
 impl Iterator for Loader {
-    type Item = Result<Batch, AugmentError>;
+    type Item = Result<Batch, LoaderError>;
 
+    /// The next batch; `None` only after the run's last batch (or after an error). A producer
+    /// that ended before then is reported as an error: as a panic's message if it panicked,
+    /// else [`LoaderError::Stopped`].
     fn next(&mut self) -> Option<Self::Item> {
+        if self.failed || self.next.0 >= self.end_epoch || self.steps == 0 {
+            return None;
+        }
         let t = Instant::now();
-        let item = self.rx.recv().ok();
+        let item = self.rx.recv();
         self.waited += t.elapsed();
-        item
+        let (epoch, step) = self.next;
+        let item = match item {
+            Ok(item) => item,
+            Err(_) => {
+                let join = self.handle.take().map(JoinHandle::join);
+                Err(match join {
+                    Some(Err(payload)) => LoaderError::Panicked {
+                        epoch: epoch + 1,
+                        step: step + 1,
+                        message: panic_message(&*payload),
+                    },
+                    _ => LoaderError::Stopped {
+                        epoch: epoch + 1,
+                        step: step + 1,
+                    },
+                })
+            }
+        };
+        self.failed = item.is_err();
+        self.next = if step + 1 == self.steps {
+            (epoch + 1, 0)
+        } else {
+            (epoch, step + 1)
+        };
+        Some(item)
     }
 }
 
@@ -205,7 +331,7 @@ impl Drop for Loader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use simclr_data::{Image, InMemoryDataset};
+    use simclr_data::{Image, InMemoryDataset, Sample};
 
     fn dataset(n: usize) -> Arc<dyn Dataset> {
         let images = (0..n)
@@ -223,7 +349,12 @@ mod tests {
             seed: 5,
             prefetch: 2,
             workers: 2,
+            device: Device::Cpu,
         }
+    }
+
+    fn pixels(b: &Batch) -> Vec<f32> {
+        b.views.flatten_all().unwrap().to_vec1().unwrap()
     }
 
     #[test]
@@ -251,7 +382,7 @@ mod tests {
         );
         assert_eq!(batches[3].epoch, 1);
         assert_eq!(batches[3].step_in_epoch, 0);
-        assert_eq!(batches[0].views.shape, [6, 1, 8, 8]);
+        assert_eq!(batches[0].views.dims(), [6, 1, 8, 8]);
         let order = epoch_order(5, 0, 10);
         let want: Vec<u32> = order[..3].iter().map(|&i| i as u32 % 3).collect();
         assert_eq!(batches[0].labels.as_deref(), Some(&want[..]));
@@ -270,10 +401,10 @@ mod tests {
         assert_eq!(resumed.len(), all.len() - 2);
         for (a, b) in all[2..].iter().zip(&resumed) {
             assert_eq!((a.epoch, a.step_in_epoch), (b.epoch, b.step_in_epoch));
-            assert_eq!(a.views, b.views);
+            assert_eq!(pixels(a), pixels(b));
         }
-        let direct = make_batch(&*ds, &aug, 5, 4, 1, 1).unwrap();
-        assert_eq!(direct.views, all[4].views);
+        let direct = make_batch(&*ds, &aug, 5, 4, (1, 1), &Device::Cpu).unwrap();
+        assert_eq!(pixels(&direct), pixels(&all[4]));
     }
 
     #[test]
@@ -293,10 +424,69 @@ mod tests {
     fn augmentation_errors_reach_the_consumer() {
         let aug = AugmentConfig::simclr(8, 3); // three-channel normalisation, gray images
         let mut loader = Loader::start(dataset(4), aug, cfg(2), (0, 0), 1);
-        assert!(matches!(
-            loader.next(),
-            Some(Err(AugmentError::Channels { .. }))
-        ));
+        let err = loader.next().unwrap().unwrap_err();
+        assert!(
+            matches!(
+                err,
+                LoaderError::Augment {
+                    epoch: 1,
+                    step: 1,
+                    source: AugmentError::Channels { .. }
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(loader.next().is_none());
+    }
+
+    /// A dataset whose `bad`-th read (counting from 1) panics, as a reader hitting a
+    /// vanished file would.
+    struct Broken {
+        inner: Arc<dyn Dataset>,
+        reads: std::sync::atomic::AtomicUsize,
+        bad: usize,
+    }
+
+    impl Dataset for Broken {
+        fn len(&self) -> usize {
+            self.inner.len()
+        }
+        fn get(&self, index: usize) -> Sample {
+            let read = 1 + self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            assert!(read != self.bad, "item {index} is unreadable");
+            self.inner.get(index)
+        }
+        fn channels(&self) -> u8 {
+            1
+        }
+        fn num_classes(&self) -> Option<usize> {
+            None
+        }
+    }
+
+    #[test]
+    fn a_dataset_that_panics_mid_epoch_is_an_error_naming_the_batch() {
+        // 12 images in batches of 4, read in order: read 18 is the second of epoch 2, step 2.
+        let ds: Arc<dyn Dataset> = Arc::new(Broken {
+            inner: dataset(12),
+            reads: 0.into(),
+            bad: 18,
+        });
+        let item = epoch_order(5, 1, 12)[5];
+        let mut loader = Loader::start(ds, AugmentConfig::simclr(8, 1), cfg(4), (0, 0), 3);
+        let got: Vec<_> = loader.by_ref().collect();
+        assert_eq!(
+            got.len(),
+            5,
+            "three good batches of epoch 1, one of epoch 2, the error"
+        );
+        assert!(got[..4].iter().all(Result::is_ok));
+        let err = got[4].as_ref().unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("epoch 2, step 2") && msg.contains(&format!("item {item} is unreadable")),
+            "{msg}"
+        );
         assert!(loader.next().is_none());
     }
 }

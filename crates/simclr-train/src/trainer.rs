@@ -15,7 +15,7 @@ use candle_core::{Device, Tensor, Var};
 use serde::Serialize;
 use simclr_augment::AugmentConfig;
 use simclr_data::Dataset;
-use simclr_loss::{LossConfig, contrastive_accuracy, scalar};
+use simclr_loss::{LossConfig, contrastive_accuracy_t};
 use simclr_model::io::{self, SafetensorsFile};
 use simclr_model::{ModelConfig, SimClr};
 
@@ -58,12 +58,21 @@ pub enum TrainError {
         /// The last checkpoint written, or a note that there is none.
         last: String,
     },
-    /// The augmentation pipeline failed.
-    #[error("building a batch: {0}")]
-    Augment(#[from] simclr_augment::AugmentError),
+    /// The data loader could not deliver a batch (the last good checkpoint is kept).
+    #[error("{source} (the last good checkpoint is {last})")]
+    Loader {
+        /// The cause.
+        #[source]
+        source: crate::loader::LoaderError,
+        /// The last checkpoint written, or a note that there is none.
+        last: String,
+    },
     /// A tensor operation failed.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+    /// Another run holds the run directory, or it cannot be locked.
+    #[error(transparent)]
+    Lock(#[from] crate::lock::LockError),
     /// The epoch-end [`Monitor`] failed (the epoch's checkpoint was written first).
     #[error("measuring the model after epoch {epoch}: {reason}")]
     Monitor {
@@ -196,6 +205,18 @@ pub struct Trainer {
     last_checkpoint: Option<PathBuf>,
     /// Measures the model every so many epochs (and after the last).
     monitor: Option<(Box<dyn Monitor + Send>, u64)>,
+    /// Steps whose loss and accuracy are read back from the device together.
+    log_every: u64,
+    /// The run directory's lock, held while this trainer exists.
+    _lock: crate::lock::RunLock,
+}
+
+/// A step run whose loss and accuracy are still on the device.
+struct Pending {
+    metrics: StepMetrics,
+    loss: Tensor,
+    acc: Tensor,
+    views: usize,
 }
 
 impl Trainer {
@@ -311,7 +332,9 @@ impl Trainer {
             path: out.to_owned(),
             source,
         })?;
-        let model = SimClr::new(&config.model(usize::from(channels)), device, config.seed)?;
+        let lock = crate::lock::RunLock::acquire(out)?;
+        let mut model = SimClr::new(&config.model(usize::from(channels)), device, config.seed)?;
+        model.set_precision(config.precision);
         let params = model.trainable_vars();
         let optimizer = optim::build(
             config.optimizer,
@@ -346,8 +369,27 @@ impl Trainer {
             step_in_epoch: 0,
             last_checkpoint: None,
             monitor: None,
+            log_every: 1,
+            _lock: lock,
             config,
         })
+    }
+
+    /// Reads the loss and accuracy back from the device once every `every` steps (at least 1;
+    /// always at epoch ends and before a checkpoint), all of them in one copy. On a GPU, each
+    /// read waits for the queued work to finish; reading every step keeps the device idle
+    /// while the host prepares the next one. Each step still gets its `metrics.jsonl` line,
+    /// and a NaN is still reported with the step it happened at (nothing is saved after it).
+    pub fn set_log_every(&mut self, every: u64) {
+        self.log_every = every.max(1);
+    }
+
+    /// The description of the last good checkpoint, for error messages.
+    fn last_good(&self) -> String {
+        self.last_checkpoint.as_ref().map_or_else(
+            || "none: no checkpoint was written yet".into(),
+            |p| p.display().to_string(),
+        )
     }
 
     /// Has `monitor` measure the model after every `every` epochs (at least 1) and after the
@@ -408,7 +450,7 @@ impl Trainer {
     pub fn run(&mut self, stop: &AtomicBool, observe: &mut dyn FnMut(Event)) -> Result<Summary> {
         let mut metrics = self.open_metrics()?;
         let max_steps = self.config.max_steps.unwrap_or(u64::MAX);
-        let loader = Loader::start(
+        let mut loader = Loader::start(
             self.dataset.clone(),
             self.augment.clone(),
             LoaderConfig {
@@ -416,11 +458,11 @@ impl Trainer {
                 seed: self.config.seed,
                 prefetch: self.config.prefetch,
                 workers: self.config.workers,
+                device: self.device.clone(),
             },
             (self.epoch, self.step_in_epoch),
             self.config.epochs,
         );
-        let mut loader = loader;
         let started = Instant::now();
         let mut summary = Summary {
             outcome: Outcome::Finished,
@@ -432,6 +474,8 @@ impl Trainer {
             checkpoint: None,
         };
         let mut epoch_acc = EpochAccumulator::new(loader.waited());
+        let mut pending: Vec<Pending> = Vec::new();
+        let mut window = Instant::now();
         while self.epoch < self.config.epochs {
             if self.global_step() >= max_steps {
                 summary.outcome = Outcome::MaxSteps;
@@ -441,44 +485,60 @@ impl Trainer {
                 summary.outcome = Outcome::Interrupted;
                 break;
             }
-            let t = Instant::now();
             let waited_before = loader.waited();
-            let Some(batch) = loader.next() else {
-                break;
+            let batch = match loader.next() {
+                Some(Ok(batch)) => batch,
+                Some(Err(source)) => {
+                    return Err(TrainError::Loader {
+                        source,
+                        last: self.last_good(),
+                    });
+                }
+                None => {
+                    return Err(TrainError::Loader {
+                        source: crate::loader::LoaderError::Stopped {
+                            epoch: self.epoch + 1,
+                            step: self.step_in_epoch + 1,
+                        },
+                        last: self.last_good(),
+                    });
+                }
             };
-            let batch = batch?;
             debug_assert_eq!(
                 (batch.epoch, batch.step_in_epoch),
                 (self.epoch, self.step_in_epoch)
             );
             let wait = loader.waited() - waited_before;
             let lr = self.schedule.lr(self.global_step());
-            let (loss, acc) = self.step(
-                &batch.views.data,
-                batch.views.shape,
-                batch.labels.as_deref(),
-                lr,
-            )?;
-            let elapsed = t.elapsed().as_secs_f64();
+            let views = batch.views.dim(0)?;
+            let (loss, acc) = self.step(&batch.views, batch.labels.as_deref(), lr)?;
             self.step_in_epoch += 1;
-            let m = StepMetrics {
-                epoch: self.epoch + 1,
-                step: self.global_step(),
-                step_in_epoch: self.step_in_epoch,
-                steps_per_epoch: self.steps_per_epoch,
+            pending.push(Pending {
+                metrics: StepMetrics {
+                    epoch: self.epoch + 1,
+                    step: self.global_step(),
+                    step_in_epoch: self.step_in_epoch,
+                    steps_per_epoch: self.steps_per_epoch,
+                    loss: f32::NAN,
+                    acc: f32::NAN,
+                    lr,
+                    views_per_s: 0.0,
+                    data_wait_s: wait.as_secs_f64(),
+                },
                 loss,
                 acc,
-                lr,
-                views_per_s: batch.views.shape[0] as f64 / elapsed,
-                data_wait_s: wait.as_secs_f64(),
-            };
-            write_line(&mut metrics, &m, &self.out)?;
-            observe(Event::Step(&m));
-            summary.first_loss.get_or_insert(loss);
-            summary.last_loss = Some(loss);
-            summary.steps += 1;
-            epoch_acc.add(loss, acc);
-            if self.step_in_epoch == self.steps_per_epoch {
+                views,
+            });
+            let epoch_end = self.step_in_epoch == self.steps_per_epoch;
+            if epoch_end || pending.len() as u64 >= self.log_every {
+                self.flush(&mut pending, &mut window, &mut metrics, observe, |m| {
+                    summary.first_loss.get_or_insert(m.loss);
+                    summary.last_loss = Some(m.loss);
+                    summary.steps += 1;
+                    epoch_acc.add(m.loss, m.acc);
+                })?;
+            }
+            if epoch_end {
                 let mut em = epoch_acc.finish(
                     self.epoch + 1,
                     self.global_step(),
@@ -514,8 +574,15 @@ impl Trainer {
                 write_line(&mut metrics, &em, &self.out)?;
                 observe(Event::Epoch(&em));
                 epoch_acc = EpochAccumulator::new(loader.waited());
+                window = Instant::now();
             }
         }
+        // Steps not yet read back: checked (a NaN among them saves nothing) and logged.
+        self.flush(&mut pending, &mut window, &mut metrics, observe, |m| {
+            summary.first_loss.get_or_insert(m.loss);
+            summary.last_loss = Some(m.loss);
+            summary.steps += 1;
+        })?;
         let total = started.elapsed();
         let waited = loader.waited();
         drop(loader);
@@ -537,36 +604,61 @@ impl Trainer {
         Ok(summary)
     }
 
-    /// One optimisation step on a `[2N, C, H, W]` view batch; returns loss and accuracy.
-    fn step(
-        &mut self,
-        data: &[f32],
-        shape: [usize; 4],
-        labels: Option<&[u32]>,
-        lr: f64,
-    ) -> Result<(f32, f32)> {
-        let x = Tensor::from_slice(data, shape.as_slice(), &self.device)?;
-        let (_, z) = self.model.forward_t(&x, true)?;
-        let n = shape[0] / 2;
+    /// Reads the pending steps' losses and accuracies back in one copy, stops at the first
+    /// non-finite loss, and writes and reports each step. `views_per_s` of each step is the
+    /// window's rate (on a GPU the host's clock only sees the window as a whole).
+    fn flush(
+        &self,
+        pending: &mut Vec<Pending>,
+        window: &mut Instant,
+        metrics: &mut BufWriter<File>,
+        observe: &mut dyn FnMut(Event),
+        mut tally: impl FnMut(&StepMetrics),
+    ) -> Result<()> {
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let values: Vec<Tensor> = pending
+            .iter()
+            .flat_map(|p| [p.loss.clone(), p.acc.clone()])
+            .collect();
+        let values: Vec<f32> = Tensor::stack(&values, 0)?
+            .to_dtype(candle_core::DType::F32)?
+            .to_vec1()?;
+        let seconds = window.elapsed().as_secs_f64().max(1e-9);
+        let views: usize = pending.iter().map(|p| p.views).sum();
+        for (p, lv) in pending.drain(..).zip(values.chunks_exact(2)) {
+            let mut m = p.metrics;
+            (m.loss, m.acc) = (lv[0], lv[1]);
+            if !m.loss.is_finite() {
+                return Err(TrainError::NonFinite {
+                    loss: m.loss,
+                    epoch: m.epoch,
+                    step: m.step,
+                    last: self.last_good(),
+                });
+            }
+            m.views_per_s = views as f64 / seconds;
+            write_line(metrics, &m, &self.out)?;
+            observe(Event::Step(&m));
+            tally(&m);
+        }
+        *window = Instant::now();
+        Ok(())
+    }
+
+    /// One optimisation step on a `[2N, C, H, W]` view batch already on the device; returns
+    /// the loss and the contrastive accuracy as scalar tensors there (nothing is read back).
+    fn step(&mut self, x: &Tensor, labels: Option<&[u32]>, lr: f64) -> Result<(Tensor, Tensor)> {
+        let (_, z) = self.model.forward_t(x, true)?;
+        let n = x.dim(0)? / 2;
         let (z1, z2) = (z.narrow(0, 0, n)?, z.narrow(0, n, n)?);
         let loss = self.loss.compute(&z1, &z2, labels)?;
-        let value = scalar(&loss)?;
-        if !value.is_finite() {
-            return Err(TrainError::NonFinite {
-                loss: value,
-                epoch: self.epoch + 1,
-                step: self.global_step() + 1,
-                last: self.last_checkpoint.as_ref().map_or_else(
-                    || "none: no checkpoint was written yet".into(),
-                    |p| p.display().to_string(),
-                ),
-            });
-        }
-        let acc = contrastive_accuracy(&z1.detach(), &z2.detach())?;
+        let acc = contrastive_accuracy_t(&z1.detach(), &z2.detach())?;
         let grads = self.reduce_gradients(loss.backward()?)?;
         self.optimizer.set_learning_rate(lr);
         self.optimizer.step(&grads)?;
-        Ok((value, acc))
+        Ok((loss.detach(), acc))
     }
 
     fn open_metrics(&self) -> Result<BufWriter<File>> {

@@ -110,6 +110,7 @@ fn resume_after_two_epochs_matches_four_straight() {
         let mut t = Trainer::new(first, data.clone(), split.path(), &Device::Cpu).unwrap();
         assert_eq!(run(&mut t).outcome, Outcome::MaxSteps);
         let ckpt = split.path().join("last.safetensors");
+        drop(t); // it holds the run directory's lock
         let mut t = Trainer::resume(
             &ckpt,
             |c| c.max_steps = None,
@@ -154,6 +155,7 @@ fn ctrl_c_saves_mid_epoch_and_resume_continues_exactly() {
     let ckpt = dir.path().join("last.safetensors");
     let saved = SafetensorsFile::load(&ckpt, &Device::Cpu).unwrap();
     assert_eq!(saved.metadata["step_in_epoch"], "3");
+    drop(t); // it holds the run directory's lock
     let mut t = Trainer::resume(&ckpt, |_| {}, data, dir.path(), &Device::Cpu).unwrap();
     run(&mut t);
     assert_same_checkpoint(&straight.path().join("last.safetensors"), &ckpt);
@@ -203,7 +205,8 @@ fn checkpoint_holds_every_tensor_and_field() {
             "epoch-0002.safetensors",
             "epoch-0003.safetensors",
             "last.safetensors",
-            "metrics.jsonl"
+            "metrics.jsonl",
+            "run.lock"
         ]
     );
     // metrics.jsonl: a line per step and per epoch, with the promised fields.
@@ -403,4 +406,175 @@ fn a_failing_monitor_stops_the_run_after_saving_the_epoch() {
     let last = SafetensorsFile::load(&dir.path().join("last.safetensors"), &Device::Cpu).unwrap();
     assert_eq!(last.metadata["epoch"], "2");
     assert_eq!(last.metadata["step_in_epoch"], "0");
+}
+
+/// Per-step losses reported by a run.
+fn run_losses(trainer: &mut Trainer) -> Vec<(u64, f32)> {
+    let mut losses = Vec::new();
+    trainer
+        .run(&AtomicBool::new(false), &mut |e| {
+            if let Event::Step(m) = e {
+                losses.push((m.step, m.loss));
+            }
+        })
+        .unwrap();
+    losses
+}
+
+#[test]
+fn a_second_trainer_cannot_train_into_a_locked_run_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Trainer::new(
+        tiny(OptimizerKind::Lars),
+        subset(32),
+        dir.path(),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let err = Trainer::new(
+        tiny(OptimizerKind::Sgd),
+        subset(32),
+        dir.path(),
+        &Device::Cpu,
+    )
+    .err()
+    .expect("the directory is locked");
+    let msg = err.to_string();
+    assert!(matches!(err, TrainError::Lock(_)), "{msg}");
+    assert!(
+        msg.contains(&format!("pid {}", std::process::id())),
+        "{msg}"
+    );
+    let config = std::fs::read_to_string(dir.path().join("config.json")).unwrap();
+    assert!(
+        config.contains("\"lars\""),
+        "the first run's config.json is untouched"
+    );
+    drop(first);
+    Trainer::new(
+        tiny(OptimizerKind::Sgd),
+        subset(32),
+        dir.path(),
+        &Device::Cpu,
+    )
+    .unwrap();
+}
+
+#[test]
+fn reading_the_loss_back_every_few_steps_changes_nothing_but_when() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let cfg = TrainConfig {
+        epochs: 2,
+        ..tiny(OptimizerKind::Lars)
+    };
+    let mut every_step = Trainer::new(cfg.clone(), subset(80), a.path(), &Device::Cpu).unwrap();
+    let mut windowed = Trainer::new(cfg, subset(80), b.path(), &Device::Cpu).unwrap();
+    windowed.set_log_every(3); // 5 steps an epoch: windows of 3, then 2 at the epoch's end
+    let want = run_losses(&mut every_step);
+    let got = run_losses(&mut windowed);
+    assert_eq!(want.len(), 10);
+    assert_eq!(
+        got, want,
+        "every step reported, in order, with the same loss"
+    );
+    assert_same_checkpoint(
+        &a.path().join("last.safetensors"),
+        &b.path().join("last.safetensors"),
+    );
+    let lines = |d: &Path| {
+        std::fs::read_to_string(d.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .count()
+    };
+    assert_eq!(lines(a.path()), lines(b.path()));
+}
+
+#[test]
+fn a_nan_read_back_late_is_still_reported_at_its_step_and_saves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = TrainConfig {
+        max_steps: Some(2),
+        ..tiny(OptimizerKind::Lars)
+    };
+    let mut t = Trainer::new(cfg, subset(48), dir.path(), &Device::Cpu).unwrap();
+    run(&mut t);
+    let ckpt = dir.path().join("last.safetensors");
+    let before = std::fs::read(&ckpt).unwrap();
+    let (_, w) = t
+        .model()
+        .named_vars()
+        .into_iter()
+        .find(|(n, _)| n == "projector.3.weight")
+        .unwrap();
+    w.set(&(w.as_tensor() * f64::NAN).unwrap()).unwrap();
+    t.set_max_steps(None);
+    // Steps 3 is read back with the epoch's last step (3 steps an epoch), before its
+    // checkpoint would be written.
+    t.set_log_every(10);
+    let err = t.run(&AtomicBool::new(false), &mut |_| {}).unwrap_err();
+    assert!(
+        matches!(err, TrainError::NonFinite { step: 3, .. }),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&ckpt).unwrap(), before);
+    assert!(!dir.path().join("epoch-0001.safetensors").exists());
+}
+
+/// The sample subset, whose `bad`-th read panics.
+struct Panicking {
+    inner: Arc<dyn Dataset>,
+    reads: std::sync::atomic::AtomicUsize,
+    bad: usize,
+}
+
+impl Dataset for Panicking {
+    fn len(&self) -> usize {
+        self.inner.len()
+    }
+    fn get(&self, index: usize) -> simclr_data::Sample {
+        let read = 1 + self.reads.fetch_add(1, Ordering::SeqCst);
+        assert!(read != self.bad, "cannot read item {index}: disk gone");
+        self.inner.get(index)
+    }
+    fn channels(&self) -> u8 {
+        self.inner.channels()
+    }
+    fn num_classes(&self) -> Option<usize> {
+        self.inner.num_classes()
+    }
+}
+
+#[test]
+fn a_loader_that_dies_mid_epoch_fails_the_run_and_keeps_the_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    // 32 images, batches of 16: 32 reads an epoch; read 40 is in epoch 2, step 1.
+    let data: Arc<dyn Dataset> = Arc::new(Panicking {
+        inner: subset(32),
+        reads: 0.into(),
+        bad: 40,
+    });
+    let mut t = Trainer::new(tiny(OptimizerKind::Lars), data, dir.path(), &Device::Cpu).unwrap();
+    let mut saved = Vec::new();
+    let err = t
+        .run(&AtomicBool::new(false), &mut |e| {
+            if let Event::Checkpoint(p) = e {
+                saved.push(p.to_owned());
+            }
+        })
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, TrainError::Loader { .. }), "{msg}");
+    assert!(
+        msg.contains("epoch 2, step 1")
+            && msg.contains("disk gone")
+            && msg.contains("last.safetensors"),
+        "{msg}"
+    );
+    assert_eq!(saved, [dir.path().join("epoch-0001.safetensors")]);
+    let last = SafetensorsFile::load(&dir.path().join("last.safetensors"), &Device::Cpu).unwrap();
+    assert_eq!(
+        last.metadata["global_step"], "2",
+        "the epoch-1 checkpoint is intact"
+    );
 }

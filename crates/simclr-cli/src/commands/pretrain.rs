@@ -10,7 +10,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use simclr_data::{Dataset, Format, Split};
 use simclr_loss::LossKind;
-use simclr_model::{Arch, Stem};
+use simclr_model::{Arch, Precision, Stem};
 use simclr_train::{Event, LrScaling, OptimizerKind, Outcome, TrainConfig, Trainer};
 
 use crate::DataArgs;
@@ -41,8 +41,8 @@ pub struct PretrainArgs {
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Continue the run saved in this checkpoint (or run directory's last.safetensors),
-    /// exactly where it stopped. Only --epochs, --max-steps, --out, --threads, --device and
-    /// the --knn-* options may be changed.
+    /// exactly where it stopped. Only --epochs, --max-steps, --out, --threads, --workers,
+    /// --device, --precision, --log-every and the --knn-* options may be changed.
     #[arg(long, value_name = "CKPT|DIR")]
     pub resume: Option<PathBuf>,
     /// Encoder depth [default: resnet18].
@@ -114,9 +114,20 @@ pub struct PretrainArgs {
     /// Threads of the training step [default: all cores].
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Threads building augmented batches in the background [default: 1].
+    /// Threads building augmented batches in the background [default: 1 on the CPU, where
+    /// the step needs the cores; all cores with --device cuda].
     #[arg(long)]
     pub workers: Option<usize>,
+    /// Arithmetic of the step: f32, or bf16 (CUDA only: bf16 activations, convolutions and
+    /// matrix products, f32 weights, optimiser, loss and BatchNorm statistics; checkpoints
+    /// stay f32) [default: f32].
+    #[arg(long, value_name = "f32|bf16")]
+    pub precision: Option<Precision>,
+    /// Read the loss back from the device every this many steps (each step still gets its
+    /// metrics.jsonl line; a NaN is still caught at the step it happened) [default: 1 on the
+    /// CPU, 20 with --device cuda].
+    #[arg(long, value_name = "STEPS")]
+    pub log_every: Option<u64>,
     /// Save a numbered checkpoint every this many epochs [default: 1].
     #[arg(long)]
     pub save_every: Option<u64>,
@@ -194,7 +205,8 @@ impl PretrainArgs {
             seed,
             workers,
             save_every,
-            keep_last
+            keep_last,
+            precision
         );
         if self.data.is_some() {
             c.data = self.data.clone();
@@ -214,25 +226,100 @@ impl PretrainArgs {
         Ok(c)
     }
 
-    /// Flags that make no sense with `--resume` (the run's own config is used).
-    fn changed_on_resume(&self) -> Vec<&'static str> {
+    /// The recipe options given with `--resume` whose values differ from the run's saved
+    /// configuration, each as "--flag value (the run has saved)". Values equal to the saved
+    /// ones are fine (the same command line may be run again with --resume); `--epochs`,
+    /// `--max-steps`, `--workers`, `--precision`, `--save-every` and `--keep-last` may change.
+    fn differences_on_resume(&self, saved: &TrainConfig) -> anyhow::Result<Vec<String>> {
         let mut v = Vec::new();
         macro_rules! check {
             ($($field:ident => $flag:literal),*) => {$(
-                if self.$field.is_some() {
-                    v.push($flag);
+                if let Some(value) = &self.$field
+                    && *value != saved.$field
+                {
+                    v.push(format!("{} {} (the run has {})", $flag, value, saved.$field));
                 }
             )*};
         }
-        check!(config => "--config", arch => "--arch", stem => "--stem", width => "--width",
+        check!(arch => "--arch", stem => "--stem", width => "--width",
             proj_dim => "--proj-dim", image_size => "--image-size", batch_size => "--batch-size",
             optimizer => "--optimizer", lr => "--lr", lr_scaling => "--lr-scaling",
             weight_decay => "--weight-decay", momentum => "--momentum",
             warmup_epochs => "--warmup-epochs", loss => "--loss", temperature => "--temperature",
             margin => "--margin", jitter_strength => "--jitter-strength",
             min_crop_scale => "--min-crop-scale", seed => "--seed");
-        v
+        let show = |p: &Option<PathBuf>| {
+            p.as_ref().map_or_else(
+                || "the bundled sample".into(),
+                |p| format!("`{}`", p.display()),
+            )
+        };
+        if self.data.is_some() && self.data != saved.data {
+            v.push(format!(
+                "--data {} (the run has {})",
+                show(&self.data),
+                show(&saved.data)
+            ));
+        }
+        if let Some(f) = self.format
+            && saved.format.as_deref() != Some(f.to_string().as_str())
+        {
+            v.push(format!(
+                "--format {f} (the run has {})",
+                saved.format.as_deref().unwrap_or("the detected one")
+            ));
+        }
+        if let Some(split) = self.split
+            && split.to_string() != saved.split
+        {
+            v.push(format!("--split {split} (the run has {})", saved.split));
+        }
+        if let Some(b) = self.blur
+            && saved.blur != Some(b)
+        {
+            v.push(format!("--blur {b} (the run has {:?})", saved.blur));
+        }
+        if let Some(path) = &self.config {
+            v.extend(config_file_differences(path, saved)?);
+        }
+        Ok(v)
     }
+}
+
+/// Options a `--resume` may change: they do not alter the recipe.
+const RESUME_MAY_CHANGE: &[&str] = &[
+    "epochs",
+    "max_steps",
+    "workers",
+    "prefetch",
+    "precision",
+    "save_every",
+    "keep_last",
+];
+
+/// The keys of the TOML file `path` whose values differ from `saved`'s, as
+/// "`key` = value in FILE (the run has saved)".
+fn config_file_differences(path: &Path, saved: &TrainConfig) -> anyhow::Result<Vec<String>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("while reading `{}`", path.display()))?;
+    let table: toml::Table = toml::from_str(&text)
+        .with_context(|| format!("`{}` is not a valid config file", path.display()))?;
+    let file: TrainConfig = toml::from_str(&text)
+        .with_context(|| format!("`{}` is not a valid config file", path.display()))?;
+    let (file, saved) = (serde_json::to_value(file)?, serde_json::to_value(saved)?);
+    Ok(table
+        .keys()
+        .filter(|k| !RESUME_MAY_CHANGE.contains(&k.as_str()))
+        .filter(|k| file[k.as_str()] != saved[k.as_str()])
+        .map(|k| {
+            format!(
+                "`{k}` = {} in `{}` (the run has {})",
+                file[k.as_str()],
+                path.display(),
+                saved[k.as_str()]
+            )
+        })
+        .collect())
 }
 
 /// Parses `cpu`, `cuda` or `cuda:N`.
@@ -352,6 +439,24 @@ fn knn_monitor(
 pub fn run(args: &PretrainArgs) -> anyhow::Result<()> {
     set_threads(args.threads)?;
     let device = device(&args.device)?;
+    if args.precision == Some(Precision::Bf16) && device.is_cpu() {
+        bail!(
+            "--precision bf16 needs --device cuda: candle's CPU kernels have no fast bf16 \
+             convolution, so it would be slower than f32 there"
+        );
+    }
+    if args.log_every == Some(0) {
+        bail!("--log-every must be at least 1");
+    }
+    let log_every = args
+        .log_every
+        .unwrap_or(if device.is_cpu() { 1 } else { 20 });
+    // Augmentation workers: on the CPU the step needs the cores; a GPU step needs the data.
+    let default_workers = |c: &mut TrainConfig| {
+        if args.workers.is_none() && !device.is_cpu() {
+            c.workers = std::thread::available_parallelism().map_or(1, usize::from);
+        }
+    };
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = stop.clone();
@@ -367,14 +472,6 @@ pub fn run(args: &PretrainArgs) -> anyhow::Result<()> {
     let (mut trainer, monitor) = match &args.resume {
         Some(path) => {
             let ckpt = crate::commands::weights::checkpoint_path(path);
-            let changed = args.changed_on_resume();
-            if !changed.is_empty() {
-                bail!(
-                    "{} cannot be changed when resuming: the run continues with its saved \
-                     configuration (only --epochs, --max-steps, --out, --threads, --device and the --knn-* options may be given)",
-                    changed.join(", ")
-                )
-            }
             let out = match &args.out {
                 Some(o) => o.clone(),
                 None => ckpt
@@ -385,9 +482,19 @@ pub fn run(args: &PretrainArgs) -> anyhow::Result<()> {
             let header = simclr_model::io::SafetensorsFile::load_metadata(&ckpt)?;
             let saved: TrainConfig = serde_json::from_str(header.meta("config")?)
                 .with_context(|| format!("`{}`: unreadable run config", ckpt.display()))?;
+            let changed = args.differences_on_resume(&saved)?;
+            if !changed.is_empty() {
+                bail!(
+                    "a resumed run continues with its saved configuration, and these options \
+                     differ from it: {}. Leave them out (or give the saved values); only \
+                     --epochs, --max-steps, --out, --threads, --workers, --device, \
+                     --precision, --log-every and the --knn-* options may change",
+                    changed.join("; ")
+                )
+            }
             let data = open_data(&saved, None, args.skip_bad_images)?;
             let monitor = knn_monitor(args, &saved, &data)?;
-            let (epochs, max_steps) = (args.epochs, args.max_steps);
+            let (epochs, max_steps, precision) = (args.epochs, args.max_steps, args.precision);
             let trainer = Trainer::resume(
                 &ckpt,
                 |c| {
@@ -395,6 +502,13 @@ pub fn run(args: &PretrainArgs) -> anyhow::Result<()> {
                         c.epochs = e;
                     }
                     c.max_steps = max_steps;
+                    if let Some(p) = precision {
+                        c.precision = p;
+                    }
+                    if let Some(w) = args.workers {
+                        c.workers = w;
+                    }
+                    default_workers(c);
                 },
                 data,
                 &out,
@@ -403,7 +517,8 @@ pub fn run(args: &PretrainArgs) -> anyhow::Result<()> {
             (trainer, monitor)
         }
         None => {
-            let config = args.resolve()?;
+            let mut config = args.resolve()?;
+            default_workers(&mut config);
             config.validate().map_err(anyhow::Error::msg)?;
             let out = args
                 .out
@@ -417,6 +532,7 @@ pub fn run(args: &PretrainArgs) -> anyhow::Result<()> {
     if let Some((monitor, every)) = monitor {
         trainer.set_monitor(Box::new(monitor), every);
     }
+    trainer.set_log_every(log_every);
     let c = trainer.config().clone();
     let model = trainer.model();
     eprintln!(
