@@ -12,6 +12,15 @@
 //! The fused path runs on the CPU in f32; on other devices and dtypes the same module runs
 //! candle-nn's BatchNorm followed by candle's add and ReLU, which is also the reference the
 //! tests hold the fused op to.
+//!
+//! **Global BatchNorm** (SimCLR's `global_bn`, PyTorch's `SyncBatchNorm`): once
+//! [`set_sync_batch_norm`] has installed a communicator, a training forward of the fused op
+//! normalises with the statistics of the whole global batch — the per-channel sums, then the
+//! sums of squared deviations from the global mean, each all-reduced — and its backward
+//! all-reduces the two per-channel sums the input gradient needs (`Σ dy` and
+//! `Σ dy·(x − mean)`). The parameter gradients stay this rank's own (the trainer averages
+//! them), and the running statistics are updated from the global values, so they are the
+//! same on every rank.
 
 use std::mem::MaybeUninit;
 use std::sync::{Arc, OnceLock};
@@ -23,6 +32,32 @@ use candle_core::{
 };
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
+use simclr_dist::Comm;
+
+/// The communicator global BatchNorm reduces over (none: per-process statistics).
+static SYNC: std::sync::RwLock<Option<Comm>> = std::sync::RwLock::new(None);
+
+/// Makes every training-mode BatchNorm of this process use the statistics of the global
+/// batch across `comm`'s ranks (`None`, the default: this process's batch only). Every rank
+/// must run the same BatchNorm layers in the same order, as data-parallel training does.
+/// Only the fused CPU op synchronises; on other devices a world above one is refused.
+pub fn set_sync_batch_norm(comm: Option<Comm>) {
+    *SYNC.write().unwrap_or_else(|e| e.into_inner()) = comm.filter(|c| c.world() > 1);
+}
+
+/// The communicator of global BatchNorm, if one is installed.
+pub fn sync_batch_norm() -> Option<Comm> {
+    SYNC.read().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+/// Sums `v` over the ranks of `comm`, if any.
+fn all_reduce(comm: Option<&Comm>, v: &mut [f64]) -> Result<()> {
+    if let Some(c) = comm {
+        c.all_reduce_sum_f64(v)
+            .map_err(|e| candle_core::Error::Msg(format!("global batch-norm: {e}")))?;
+    }
+    Ok(())
+}
 
 /// PyTorch's BatchNorm defaults.
 const EPS: f64 = 1e-5;
@@ -133,7 +168,14 @@ impl BatchNorm {
             && self.weight.dtype() == DType::F32
             && x.rank() >= 2
             && residual.is_none_or(|r| r.dtype() == DType::F32 && r.device().is_cpu());
+        let sync = if train { sync_batch_norm() } else { None };
         if !fast {
+            if sync.is_some() {
+                bail!(
+                    "global batch-norm runs in the CPU op only (f32, on the CPU); \
+                     train this device without it"
+                )
+            }
             return self.forward_reference(x, residual, tail != Tail::None, train);
         }
         let channels = self.weight.dim(0)?;
@@ -158,6 +200,7 @@ impl BatchNorm {
             tail,
             train,
             stats: stats.clone(),
+            sync: sync.clone(),
         };
         let affine = Tensor::stack(&[&self.weight, &self.bias], 0)?.contiguous()?;
         let x = x.contiguous()?;
@@ -169,8 +212,10 @@ impl BatchNorm {
             let Some(s) = stats.get() else {
                 bail!("batch-norm: the forward pass left no statistics")
             };
-            let n = x.elem_count() / channels;
-            let unbiased = n as f64 / (n as f64 - 1.0).max(1.0);
+            let mut n = [(x.elem_count() / channels) as f64];
+            all_reduce(sync.as_ref(), &mut n)?; // the global batch's count
+            let n = n[0];
+            let unbiased = n / (n - 1.0).max(1.0);
             let update = |running: &Var, batch: Vec<f32>| -> Result<()> {
                 let old = running.as_tensor().to_vec1::<f32>()?;
                 let new: Vec<f32> = old
@@ -249,6 +294,8 @@ struct BatchNormOp {
     tail: Tail,
     train: bool,
     stats: Arc<OnceLock<Stats>>,
+    /// Global BatchNorm's communicator (training only).
+    sync: Option<Comm>,
 }
 
 /// The contiguous f32 data of a CPU storage.
@@ -297,22 +344,33 @@ fn sum_sq_dev(v: &[f32], m: f32) -> f32 {
     acc.iter().sum::<f32>() + rest
 }
 
-/// Per-channel mean and biased variance, two passes, rows summed in f32 and rows in f64.
-fn batch_stats(x: &[f32], d: Dims) -> Stats {
-    let n = d.per_channel() as f64;
-    let (mean, (var, invstd)) = (0..d.c)
+/// Per-channel mean and biased variance, two passes, rows summed in f32 and rows in f64;
+/// with `sync`, of the global batch (each pass's per-channel sums, and the count,
+/// all-reduced).
+fn batch_stats(x: &[f32], d: Dims, sync: Option<&Comm>) -> Result<Stats> {
+    let mut sums: Vec<f64> = (0..d.c)
+        .into_par_iter()
+        .map(|ch| d.rows(x, ch).map(|r| sum(r) as f64).sum::<f64>())
+        .collect();
+    sums.push(d.per_channel() as f64);
+    all_reduce(sync, &mut sums)?;
+    let n = sums.pop().unwrap_or(1.0);
+    let mean: Vec<f64> = sums.iter().map(|s| s / n).collect();
+    let mut dev: Vec<f64> = (0..d.c)
         .into_par_iter()
         .map(|ch| {
-            let m = d.rows(x, ch).map(|r| sum(r) as f64).sum::<f64>() / n;
-            let var = d
-                .rows(x, ch)
-                .map(|r| sum_sq_dev(r, m as f32) as f64)
+            d.rows(x, ch)
+                .map(|r| sum_sq_dev(r, mean[ch] as f32) as f64)
                 .sum::<f64>()
-                / n;
-            (m as f32, (var as f32, inv_std(var)))
         })
-        .unzip();
-    Stats { mean, var, invstd }
+        .collect();
+    all_reduce(sync, &mut dev)?;
+    let var: Vec<f64> = dev.iter().map(|s| s / n).collect();
+    Ok(Stats {
+        mean: mean.iter().map(|&m| m as f32).collect(),
+        var: var.iter().map(|&v| v as f32).collect(),
+        invstd: var.iter().map(|&v| inv_std(v)).collect(),
+    })
 }
 
 /// A vector of `len` scalars whose chunks of `item` are written by `f(chunk index, chunk)`
@@ -394,7 +452,7 @@ impl BatchNormOp {
             bail!("batch-norm: training needs more than one value per channel, got {shape:?}")
         }
         if self.train {
-            let _ = self.stats.set(batch_stats(x, d));
+            let _ = self.stats.set(batch_stats(x, d, self.sync.as_ref())?);
         }
         let Some(st) = self.stats.get() else {
             bail!("batch-norm: no statistics to normalise with")
@@ -422,7 +480,9 @@ impl BatchNormOp {
         let w = affine.get(0)?.to_vec1::<f32>()?;
         let dy = dy.contiguous()?;
         let relu = self.tail != Tail::None;
-        let n = d.per_channel() as f32;
+        let mut n = [d.per_channel() as f64];
+        all_reduce(self.sync.as_ref(), &mut n)?;
+        let n = n[0] as f32;
         // dy' = dy masked where the ReLU was off; Σ dy' and Σ dy'·(x − mean) per channel.
         let masked: Option<Vec<f32>> = if relu {
             with_slice(y, |yv| {
@@ -439,7 +499,7 @@ impl BatchNormOp {
             None
         };
         let (dx, sums) = with_slice(x, |xv| {
-            let run = |g: &[f32]| {
+            let run = |g: &[f32]| -> Result<_> {
                 let sums: Vec<(f32, f32)> = (0..d.c)
                     .into_par_iter()
                     .map(|ch| {
@@ -452,13 +512,27 @@ impl BatchNormOp {
                         (s as f32, sx as f32)
                     })
                     .collect();
+                // Global BatchNorm: the input gradient needs the sums over the whole batch
+                // (the parameter gradients keep this rank's own).
+                let global: Vec<(f32, f32)> = if self.sync.is_some() && self.train {
+                    let mut flat: Vec<f64> = sums
+                        .iter()
+                        .flat_map(|&(s, sx)| [f64::from(s), f64::from(sx)])
+                        .collect();
+                    all_reduce(self.sync.as_ref(), &mut flat)?;
+                    flat.chunks_exact(2)
+                        .map(|p| (p[0] as f32, p[1] as f32))
+                        .collect()
+                } else {
+                    sums.clone()
+                };
                 // dx = k1·dy' + k2·x + k3 per channel.
                 let k: Vec<(f32, f32, f32)> = (0..d.c)
                     .map(|ch| {
                         let (i, m) = (st.invstd[ch], st.mean[ch]);
                         let k1 = w[ch] * i;
                         if self.train {
-                            let (s, sx) = sums[ch];
+                            let (s, sx) = global[ch];
                             let k2 = -k1 * i * i * sx / n;
                             (k1, k2, -k1 * s / n - k2 * m)
                         } else {
@@ -478,12 +552,12 @@ impl BatchNormOp {
                         }
                     }
                 });
-                (dx, sums)
+                Ok((dx, sums))
             };
-            Ok(match &masked {
+            match &masked {
                 Some(g) => run(g),
-                None => with_slice(&dy, |g| Ok(run(g)))?,
-            })
+                None => with_slice(&dy, run),
+            }
         })?;
         let dweight: Vec<f32> = (0..d.c).map(|ch| sums[ch].1 * st.invstd[ch]).collect();
         let dbias: Vec<f32> = sums.iter().map(|s| s.0).collect();

@@ -3,9 +3,10 @@
 //! momentum update (lr 0.1, momentum 0.9, weight decay 1e-6) on fixed random `2N` views.
 //!
 //! Usage: `bench_step [--arch resnet18] [--stem cifar] [--width 1.0] [--batch 128] [--size 32]
-//! [--channels 3] [--steps 5] [--warmup 2]`; prints one JSON line: the median step over
-//! `--steps` after `--warmup`, the medians of its phases (forward with the loss, backward,
-//! optimiser update), and the process's peak resident memory.
+//! [--channels 3] [--steps 5] [--warmup 2] [--device cpu|cuda] [--precision f32|bf16]`; prints
+//! one JSON line: the median step over `--steps` after `--warmup`, the medians of its phases
+//! (forward with the loss, backward, optimiser update), and the process's peak resident
+//! memory. On a GPU the device is synchronised before each reading of the clock.
 
 use std::time::Instant;
 
@@ -51,8 +52,15 @@ fn main() -> candle_core::Result<()> {
     let batch: usize = arg(&args, "--batch", 128);
     let size: usize = arg(&args, "--size", 32);
     let (steps, warmup): (usize, usize) = (arg(&args, "--steps", 5), arg(&args, "--warmup", 2));
-    let dev = Device::Cpu;
-    let model = SimClr::new(&cfg, &dev, 0)?;
+    let dev = match arg(&args, "--device", "cpu".to_string()).as_str() {
+        "cpu" => Device::Cpu,
+        _ => Device::new_cuda(0)?,
+    };
+    let precision: simclr_model::Precision = arg(&args, "--precision", "f32".to_string())
+        .parse()
+        .map_err(candle_core::Error::msg)?;
+    let mut model = SimClr::new(&cfg, &dev, 0)?;
+    model.set_precision(precision);
     let vars = model.trainable_vars().into_iter().map(|(_, v)| v).collect();
     let mut opt = build(
         OptimizerKind::Sgd,
@@ -76,8 +84,10 @@ fn main() -> candle_core::Result<()> {
         loss_last = loss.to_scalar::<f32>()?;
         let fwd = t.elapsed().as_secs_f64();
         let grads = loss.backward()?;
+        dev.synchronize()?;
         let bwd = t.elapsed().as_secs_f64();
         opt.step(&grads)?;
+        dev.synchronize()?;
         let total = t.elapsed().as_secs_f64();
         if i >= warmup {
             times.push([total, fwd, bwd - fwd, total - bwd]);
@@ -90,7 +100,8 @@ fn main() -> candle_core::Result<()> {
     };
     let min = times.iter().map(|t| t[0]).fold(f64::INFINITY, f64::min);
     println!(
-        "{{\"bench\":\"step\",\"framework\":\"simclr-rs\",\"arch\":\"{}\",\"width\":{},\"batch_images\":{batch},\"views\":{},\"size\":{size},\"channels\":{},\"threads\":{},\"step_s_median\":{:.4},\"step_s_min\":{min:.4},\"forward_s\":{:.4},\"backward_s\":{:.4},\"update_s\":{:.4},\"views_per_s\":{:.2},\"peak_rss_mib\":{:.1},\"loss_last\":{loss_last}}}",
+        "{{\"bench\":\"step\",\"framework\":\"simclr-rs\",\"device\":\"{}\",\"precision\":\"{precision}\",\"arch\":\"{}\",\"width\":{},\"batch_images\":{batch},\"views\":{},\"size\":{size},\"channels\":{},\"threads\":{},\"step_s_median\":{:.4},\"step_s_min\":{min:.4},\"forward_s\":{:.4},\"backward_s\":{:.4},\"update_s\":{:.4},\"views_per_s\":{:.2},\"peak_rss_mib\":{:.1},\"loss_last\":{loss_last}}}",
+        if dev.is_cpu() { "cpu" } else { "cuda" },
         cfg.arch,
         cfg.width,
         2 * batch,

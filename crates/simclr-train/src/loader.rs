@@ -118,6 +118,8 @@ pub fn make_batch(
         prefetch: 1,
         workers: 1,
         device: device.clone(),
+        rank: 0,
+        world: 1,
     };
     batch_from_order(dataset, augment, &config, epoch, step, &order)
 }
@@ -134,8 +136,9 @@ fn batch_from_order(
 ) -> Result<Batch, LoaderError> {
     let (e, s) = (epoch + 1, step + 1);
     let built = std::panic::catch_unwind(AssertUnwindSafe(|| {
-        let start = step as usize * config.batch_size;
-        let ids = &order[start..start + config.batch_size];
+        let local = config.batch_size / config.world.max(1);
+        let start = step as usize * config.batch_size + config.rank * local;
+        let ids = &order[start..start + local];
         let samples: Vec<_> = ids.iter().map(|&i| dataset.get(i)).collect();
         let images: Vec<_> = samples.iter().map(|s| &s.image).collect();
         let indices: Vec<u64> = ids.iter().map(|&i| i as u64).collect();
@@ -194,6 +197,11 @@ pub struct LoaderConfig {
     pub workers: usize,
     /// Where the batches go (the training device).
     pub device: Device,
+    /// This process's rank in a data-parallel run (0 alone).
+    pub rank: usize,
+    /// Ranks in the run: each builds its `batch_size / world` images of every global batch,
+    /// the `rank`-th slice, with the augmentations a single process would give them.
+    pub world: usize,
 }
 
 /// Iterates batches from `(start_epoch, start_step)` up to the end of epoch `end_epoch - 1`,
@@ -350,6 +358,8 @@ mod tests {
             prefetch: 2,
             workers: 2,
             device: Device::Cpu,
+            rank: 0,
+            world: 1,
         }
     }
 
@@ -405,6 +415,45 @@ mod tests {
         }
         let direct = make_batch(&*ds, &aug, 5, 4, (1, 1), &Device::Cpu).unwrap();
         assert_eq!(pixels(&direct), pixels(&all[4]));
+    }
+
+    #[test]
+    fn ranks_build_their_slices_of_the_global_batch() {
+        let (ds, aug) = (dataset(12), AugmentConfig::simclr(8, 1));
+        let whole: Vec<Batch> = Loader::start(ds.clone(), aug.clone(), cfg(6), (0, 0), 1)
+            .map(Result::unwrap)
+            .collect();
+        for rank in 0..3 {
+            let part: Vec<Batch> = Loader::start(
+                ds.clone(),
+                aug.clone(),
+                LoaderConfig {
+                    rank,
+                    world: 3,
+                    ..cfg(6)
+                },
+                (0, 0),
+                1,
+            )
+            .map(Result::unwrap)
+            .collect();
+            assert_eq!(part.len(), whole.len(), "the same steps");
+            for (p, w) in part.iter().zip(&whole) {
+                // Rows i and N + i are image i's views: rank r has images 2r, 2r + 1.
+                let rows = |t: &Tensor, from: usize| t.narrow(0, from, 2).unwrap();
+                let (pv, wv) = (&p.views, &w.views);
+                let same = |a: Tensor, b: Tensor| {
+                    assert_eq!(
+                        a.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                        b.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+                    )
+                };
+                same(rows(pv, 0), rows(wv, 2 * rank));
+                same(rows(pv, 2), rows(wv, 6 + 2 * rank));
+                let wl = w.labels.as_ref().unwrap();
+                assert_eq!(p.labels.as_deref(), Some(&wl[2 * rank..2 * rank + 2]));
+            }
+        }
     }
 
     #[test]

@@ -142,6 +142,14 @@ pub struct EpochMetrics {
     /// What the [`Monitor`] measured after this epoch (none on epochs it skips).
     #[serde(flatten)]
     pub monitor: BTreeMap<String, f64>,
+    /// Data-parallel runs: bytes this rank all-reduced per step over the epoch (gradients,
+    /// global BatchNorm's sums, the logged losses).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reduced_bytes_per_step: Option<f64>,
+    /// Data-parallel runs: bytes this rank contributed to all-gathers per step (the
+    /// projections whose negatives every rank uses).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gathered_bytes_per_step: Option<f64>,
 }
 
 /// What the loop reports as it goes.
@@ -207,8 +215,10 @@ pub struct Trainer {
     monitor: Option<(Box<dyn Monitor + Send>, u64)>,
     /// Steps whose loss and accuracy are read back from the device together.
     log_every: u64,
-    /// The run directory's lock, held while this trainer exists.
-    _lock: crate::lock::RunLock,
+    /// The run directory's lock, held while this trainer exists (rank 0).
+    _lock: Option<crate::lock::RunLock>,
+    /// The ranks of a data-parallel run (one, by default).
+    comm: simclr_dist::Comm,
 }
 
 /// A step run whose loss and accuracy are still on the device.
@@ -228,7 +238,21 @@ impl Trainer {
         out: &Path,
         device: &Device,
     ) -> Result<Self> {
-        let trainer = Self::build(config, dataset, out, device)?;
+        Self::new_on(simclr_dist::single(), config, dataset, out, device)
+    }
+
+    /// [`new`](Self::new) as one rank of a data-parallel run over `comm`: `batch_size` is the
+    /// global batch, of which this rank builds and trains its `batch_size / world` images;
+    /// negatives are gathered from every rank, gradients averaged; rank 0 alone writes the
+    /// run directory. Every rank must call it with the same configuration.
+    pub fn new_on(
+        comm: simclr_dist::Comm,
+        config: TrainConfig,
+        dataset: Arc<dyn Dataset>,
+        out: &Path,
+        device: &Device,
+    ) -> Result<Self> {
+        let trainer = Self::build(comm, config, dataset, out, device)?;
         trainer.write_config()?;
         Ok(trainer)
     }
@@ -238,6 +262,27 @@ impl Trainer {
     /// changes the schedule, so only `max_steps` keeps the run identical to an
     /// uninterrupted one.
     pub fn resume(
+        checkpoint: &Path,
+        overrides: impl FnOnce(&mut TrainConfig),
+        dataset: Arc<dyn Dataset>,
+        out: &Path,
+        device: &Device,
+    ) -> Result<Self> {
+        Self::resume_on(
+            simclr_dist::single(),
+            checkpoint,
+            overrides,
+            dataset,
+            out,
+            device,
+        )
+    }
+
+    /// [`resume`](Self::resume) as one rank of a data-parallel run (see
+    /// [`new_on`](Self::new_on)); the checkpoint may come from a run with another number of
+    /// ranks (its global batch is the same).
+    pub fn resume_on(
+        comm: simclr_dist::Comm,
         checkpoint: &Path,
         overrides: impl FnOnce(&mut TrainConfig),
         dataset: Arc<dyn Dataset>,
@@ -267,7 +312,7 @@ impl Trainer {
         };
         let (epoch, step_in_epoch) = (number("epoch")?, number("step_in_epoch")?);
         let optimizer_steps = number("optimizer_steps")?;
-        let mut trainer = Self::build(config, dataset, out, device)?;
+        let mut trainer = Self::build(comm, config, dataset, out, device)?;
         trainer
             .model
             .load_tensors(&file.tensors, true)
@@ -297,8 +342,11 @@ impl Trainer {
         Ok(trainer)
     }
 
-    /// Writes the resolved configuration to `<out>/config.json`.
+    /// Writes the resolved configuration to `<out>/config.json` (rank 0).
     fn write_config(&self) -> Result<()> {
+        if !self.comm.is_primary() {
+            return Ok(());
+        }
         let json = serde_json::to_string_pretty(&self.config).expect("config serialises");
         io::write_atomic(
             &self.out.join("config.json"),
@@ -308,12 +356,27 @@ impl Trainer {
     }
 
     fn build(
+        comm: simclr_dist::Comm,
         config: TrainConfig,
         dataset: Arc<dyn Dataset>,
         out: &Path,
         device: &Device,
     ) -> Result<Self> {
         config.validate().map_err(TrainError::Config)?;
+        let world = comm.world();
+        if !config.batch_size.is_multiple_of(world) || config.batch_size / world < 1 {
+            return Err(TrainError::Config(format!(
+                "--batch-size {} is the global batch and must divide by the {world} ranks",
+                config.batch_size
+            )));
+        }
+        if world > 1 && config.loss != simclr_loss::LossKind::NtXent {
+            return Err(TrainError::Config(format!(
+                "--loss {} runs in one process only; data-parallel runs gather negatives for \
+                 ntxent",
+                config.loss
+            )));
+        }
         let channels = dataset.channels();
         let spe = steps_per_epoch(dataset.len(), config.batch_size);
         if spe == 0 {
@@ -328,11 +391,16 @@ impl Trainer {
                 "--loss supcon needs class labels, and this dataset has none".into(),
             ));
         }
-        std::fs::create_dir_all(out).map_err(|source| TrainError::File {
-            path: out.to_owned(),
-            source,
-        })?;
-        let lock = crate::lock::RunLock::acquire(out)?;
+        // Rank 0 owns the run directory; the other ranks write nothing.
+        let lock = if comm.is_primary() {
+            std::fs::create_dir_all(out).map_err(|source| TrainError::File {
+                path: out.to_owned(),
+                source,
+            })?;
+            Some(crate::lock::RunLock::acquire(out)?)
+        } else {
+            None
+        };
         let mut model = SimClr::new(&config.model(usize::from(channels)), device, config.seed)?;
         model.set_precision(config.precision);
         let params = model.trainable_vars();
@@ -371,6 +439,7 @@ impl Trainer {
             monitor: None,
             log_every: 1,
             _lock: lock,
+            comm,
             config,
         })
     }
@@ -438,11 +507,36 @@ impl Trainer {
         &self.schedule
     }
 
-    /// The one place gradients are combined across processes before the update. A single
-    /// process has nothing to combine; data-parallel training all-reduces (averages) every
-    /// gradient here.
-    fn reduce_gradients(&self, grads: GradStore) -> Result<GradStore> {
-        Ok(grads)
+    /// The one place gradients are combined across processes before the update: with more
+    /// than one rank, every parameter's gradient is averaged over the ranks, all of them in
+    /// one flattened all-reduce.
+    fn reduce_gradients(&self, mut grads: GradStore) -> Result<GradStore> {
+        if self.comm.world() == 1 {
+            return Ok(grads);
+        }
+        let mut vars = Vec::new();
+        let mut local = Vec::new();
+        for (_, var) in &self.params {
+            let g = match grads.remove(var.as_tensor()) {
+                Some(g) => g.detach(),
+                None => var.as_tensor().zeros_like()?,
+            };
+            vars.push(var);
+            local.push(g);
+        }
+        let mut reduced = GradStore::default();
+        for (var, g) in vars
+            .into_iter()
+            .zip(simclr_dist::all_reduce_mean(&self.comm, &local)?)
+        {
+            reduced.insert(var.as_tensor(), g);
+        }
+        Ok(reduced)
+    }
+
+    /// The ranks this trainer runs on.
+    pub fn communicator(&self) -> &simclr_dist::Comm {
+        &self.comm
     }
 
     /// Trains until the last epoch, `max_steps`, or until `stop` is raised, reporting to
@@ -459,6 +553,8 @@ impl Trainer {
                 prefetch: self.config.prefetch,
                 workers: self.config.workers,
                 device: self.device.clone(),
+                rank: self.comm.rank(),
+                world: self.comm.world(),
             },
             (self.epoch, self.step_in_epoch),
             self.config.epochs,
@@ -474,6 +570,7 @@ impl Trainer {
             checkpoint: None,
         };
         let mut epoch_acc = EpochAccumulator::new(loader.waited());
+        let mut traffic_at = self.comm.traffic();
         let mut pending: Vec<Pending> = Vec::new();
         let mut window = Instant::now();
         while self.epoch < self.config.epochs {
@@ -481,7 +578,8 @@ impl Trainer {
                 summary.outcome = Outcome::MaxSteps;
                 break;
             }
-            if stop.load(Ordering::SeqCst) {
+            // Every rank stops at the same step, whichever saw the request.
+            if simclr_dist::any(&self.comm, stop.load(Ordering::SeqCst))? {
                 summary.outcome = Outcome::Interrupted;
                 break;
             }
@@ -545,6 +643,14 @@ impl Trainer {
                     self.config.batch_size,
                     loader.waited(),
                 );
+                if self.comm.world() > 1 {
+                    let (now, steps) = (self.comm.traffic(), epoch_acc.steps.max(1) as f64);
+                    em.reduced_bytes_per_step =
+                        Some((now.reduced - traffic_at.reduced) as f64 / steps);
+                    em.gathered_bytes_per_step =
+                        Some((now.gathered - traffic_at.gathered) as f64 / steps);
+                    traffic_at = now;
+                }
                 self.epoch += 1;
                 self.step_in_epoch = 0;
                 let last = self.epoch == self.config.epochs;
@@ -597,10 +703,12 @@ impl Trainer {
             (summary.steps as usize * self.config.batch_size) as f64 / total.as_secs_f64();
         summary.data_wait_share = waited.as_secs_f64() / total.as_secs_f64().max(1e-9);
         summary.checkpoint = self.last_checkpoint.clone();
-        metrics.flush().map_err(|source| TrainError::File {
-            path: self.out.join("metrics.jsonl"),
-            source,
-        })?;
+        if let Some(m) = &mut metrics {
+            m.flush().map_err(|source| TrainError::File {
+                path: self.out.join("metrics.jsonl"),
+                source,
+            })?;
+        }
         Ok(summary)
     }
 
@@ -611,7 +719,7 @@ impl Trainer {
         &self,
         pending: &mut Vec<Pending>,
         window: &mut Instant,
-        metrics: &mut BufWriter<File>,
+        metrics: &mut Option<BufWriter<File>>,
         observe: &mut dyn FnMut(Event),
         mut tally: impl FnMut(&StepMetrics),
     ) -> Result<()> {
@@ -622,9 +730,17 @@ impl Trainer {
             .iter()
             .flat_map(|p| [p.loss.clone(), p.acc.clone()])
             .collect();
-        let values: Vec<f32> = Tensor::stack(&values, 0)?
+        let mut values: Vec<f32> = Tensor::stack(&values, 0)?
             .to_dtype(candle_core::DType::F32)?
             .to_vec1()?;
+        if self.comm.world() > 1 {
+            // The run's loss is the mean over ranks of each rank's loss (the same on all).
+            self.comm
+                .all_reduce_sum_f32(&mut values)
+                .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            let k = 1.0 / self.comm.world() as f32;
+            values.iter_mut().for_each(|v| *v *= k);
+        }
         let seconds = window.elapsed().as_secs_f64().max(1e-9);
         let views: usize = pending.iter().map(|p| p.views).sum();
         for (p, lv) in pending.drain(..).zip(values.chunks_exact(2)) {
@@ -653,7 +769,13 @@ impl Trainer {
         let (_, z) = self.model.forward_t(x, true)?;
         let n = x.dim(0)? / 2;
         let (z1, z2) = (z.narrow(0, 0, n)?, z.narrow(0, n, n)?);
-        let loss = self.loss.compute(&z1, &z2, labels)?;
+        let loss = if self.comm.world() > 1 {
+            // This rank's 2n views against the views of every rank.
+            let keys = simclr_dist::all_gather_with_grad(&self.comm, &z)?;
+            simclr_loss::nt_xent_gathered(&z, &keys, self.comm.rank(), self.loss.temperature)?
+        } else {
+            self.loss.compute(&z1, &z2, labels)?
+        };
         let acc = contrastive_accuracy_t(&z1.detach(), &z2.detach())?;
         let grads = self.reduce_gradients(loss.backward()?)?;
         self.optimizer.set_learning_rate(lr);
@@ -661,14 +783,18 @@ impl Trainer {
         Ok((loss.detach(), acc))
     }
 
-    fn open_metrics(&self) -> Result<BufWriter<File>> {
+    /// `metrics.jsonl`, opened for appending (rank 0; the other ranks write none).
+    fn open_metrics(&self) -> Result<Option<BufWriter<File>>> {
+        if !self.comm.is_primary() {
+            return Ok(None);
+        }
         let path = self.out.join("metrics.jsonl");
         let f = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&path)
             .map_err(|source| TrainError::File { path, source })?;
-        Ok(BufWriter::new(f))
+        Ok(Some(BufWriter::new(f)))
     }
 
     /// The checkpoint's tensors: the model's (torchvision names, running statistics
@@ -698,6 +824,16 @@ impl Trainer {
     /// numbered checkpoints beyond `keep_last`. Returns the path of the last one written.
     pub fn save_checkpoint(&mut self, numbered: bool) -> Result<PathBuf> {
         let last = self.out.join("last.safetensors");
+        if !self.comm.is_primary() {
+            // Rank 0 writes; the others only keep track of what it wrote.
+            self.last_checkpoint = Some(last.clone());
+            return Ok(if numbered {
+                self.out
+                    .join(format!("epoch-{:04}.safetensors", self.epoch))
+            } else {
+                last
+            });
+        }
         let bytes = io::to_bytes(
             &last,
             &self.checkpoint_tensors(),
@@ -768,7 +904,10 @@ fn json<T: Serialize + ?Sized>(value: &T) -> String {
     serde_json::to_string(value).expect("metadata serialises")
 }
 
-fn write_line(w: &mut BufWriter<File>, value: &impl Serialize, out: &Path) -> Result<()> {
+fn write_line(w: &mut Option<BufWriter<File>>, value: &impl Serialize, out: &Path) -> Result<()> {
+    let Some(w) = w else {
+        return Ok(());
+    };
     let line = serde_json::to_string(value).expect("metrics serialise");
     writeln!(w, "{line}")
         .and_then(|()| w.flush())
@@ -816,6 +955,8 @@ impl EpochAccumulator {
             data_wait_share: (waited - self.waited_at_start).as_secs_f64() / seconds,
             seconds,
             monitor: BTreeMap::new(),
+            reduced_bytes_per_step: None,
+            gathered_bytes_per_step: None,
         }
     }
 }

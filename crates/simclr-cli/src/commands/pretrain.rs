@@ -146,9 +146,34 @@ pub struct PretrainArgs {
     /// Device: cpu, or cuda / cuda:N when built with the `cuda` feature.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Global BatchNorm in a data-parallel run (`mpirun -np K simclr pretrain …`): normalise
+    /// with the statistics of the whole global batch, as SimCLR's global_bn [default: true
+    /// with more than one rank].
+    #[arg(long, value_name = "true|false")]
+    pub sync_bn: Option<bool>,
     /// No progress bar; one line per epoch.
     #[arg(long, short)]
     pub quiet: bool,
+}
+
+/// The ranks of this run: MPI's world when started by `mpirun` (with the `mpi` feature),
+/// else this process alone.
+fn communicator() -> anyhow::Result<simclr_dist::Comm> {
+    #[cfg(feature = "mpi")]
+    if simclr_dist::launched_by_mpirun() {
+        return simclr_dist::mpi_world().context("cannot initialise MPI");
+    }
+    #[cfg(not(feature = "mpi"))]
+    if ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE"]
+        .iter()
+        .any(|v| std::env::var(v).is_ok_and(|n| n != "1"))
+    {
+        bail!(
+            "started by mpirun, but this build of simclr has no MPI support: every rank would \
+             train alone. Rebuild with `cargo build --release --features mpi` (needs Open MPI)"
+        );
+    }
+    Ok(simclr_dist::single())
 }
 
 /// The small setup used on the bundled sample when no dataset is given: an ⅛-width
@@ -435,10 +460,45 @@ fn knn_monitor(
     Ok(Some((monitor, every)))
 }
 
-/// Runs `simclr pretrain`.
+/// Runs `simclr pretrain`; in a data-parallel run, a rank that fails ends the whole job
+/// (`MPI_Abort`) after printing its error, so that no rank waits for it forever.
 pub fn run(args: &PretrainArgs) -> anyhow::Result<()> {
+    let comm = communicator()?;
+    let result = run_on(args, &comm);
+    simclr_model::batchnorm::set_sync_batch_norm(None);
+    if comm.world() > 1 {
+        match &result {
+            Err(e) if !e.is::<crate::Interrupted>() => {
+                eprintln!("error on rank {} of {}: {e:#}", comm.rank(), comm.world());
+                comm.abort(1);
+            }
+            _ => {
+                #[cfg(feature = "mpi")]
+                simclr_dist::finalize_mpi();
+            }
+        }
+    }
+    result
+}
+
+fn run_on(args: &PretrainArgs, comm: &simclr_dist::Comm) -> anyhow::Result<()> {
     set_threads(args.threads)?;
-    let device = device(&args.device)?;
+    let primary = comm.is_primary();
+    let world = comm.world();
+    // One GPU per rank: a bare `cuda` means the rank's own on its node.
+    let spec = match std::env::var("OMPI_COMM_WORLD_LOCAL_RANK") {
+        Ok(local) if world > 1 && args.device.trim() == "cuda" => format!("cuda:{local}"),
+        _ => args.device.clone(),
+    };
+    let device = device(&spec)?;
+    let sync_bn = args.sync_bn.unwrap_or(world > 1) && world > 1;
+    if sync_bn && !device.is_cpu() {
+        bail!(
+            "--sync-bn runs on the CPU only for now; on GPUs pass --sync-bn false (each rank \
+             then normalises with its own batch)"
+        );
+    }
+    simclr_model::batchnorm::set_sync_batch_norm(sync_bn.then(|| comm.clone()));
     if args.precision == Some(Precision::Bf16) && device.is_cpu() {
         bail!(
             "--precision bf16 needs --device cuda: candle's CPU kernels have no fast bf16 \
@@ -493,9 +553,14 @@ pub fn run(args: &PretrainArgs) -> anyhow::Result<()> {
                 )
             }
             let data = open_data(&saved, None, args.skip_bad_images)?;
-            let monitor = knn_monitor(args, &saved, &data)?;
+            let monitor = if primary {
+                knn_monitor(args, &saved, &data)?
+            } else {
+                None
+            };
             let (epochs, max_steps, precision) = (args.epochs, args.max_steps, args.precision);
-            let trainer = Trainer::resume(
+            let trainer = Trainer::resume_on(
+                comm.clone(),
                 &ckpt,
                 |c| {
                     if let Some(e) = epochs {
@@ -525,8 +590,15 @@ pub fn run(args: &PretrainArgs) -> anyhow::Result<()> {
                 .clone()
                 .unwrap_or_else(|| PathBuf::from("runs/pretrain"));
             let data = open_data(&config, None, args.skip_bad_images)?;
-            let monitor = knn_monitor(args, &config, &data)?;
-            (Trainer::new(config, data, &out, &device)?, monitor)
+            let monitor = if primary {
+                knn_monitor(args, &config, &data)?
+            } else {
+                None
+            };
+            (
+                Trainer::new_on(comm.clone(), config, data, &out, &device)?,
+                monitor,
+            )
         }
     };
     if let Some((monitor, every)) = monitor {
@@ -535,6 +607,20 @@ pub fn run(args: &PretrainArgs) -> anyhow::Result<()> {
     trainer.set_log_every(log_every);
     let c = trainer.config().clone();
     let model = trainer.model();
+    if !primary {
+        // The other ranks train silently; rank 0 prints and writes.
+        trainer.run(&stop, &mut |_| {})?;
+        return Ok(());
+    }
+    if world > 1 {
+        eprintln!(
+            "data-parallel over {world} ranks: {} images each of the global batch of {}, \
+             negatives from every rank, {} BatchNorm",
+            c.batch_size / world,
+            c.batch_size,
+            if sync_bn { "global" } else { "per-rank" }
+        );
+    }
     eprintln!(
         "pretraining {} ({} encoder parameters) on {} ({} images, {} steps an epoch), {} epochs, \
          batch {}, {} lr {:.4}, {} τ={}, {} threads",
@@ -606,6 +692,14 @@ pub fn run(args: &PretrainArgs) -> anyhow::Result<()> {
                 100.0 * m.data_wait_share,
                 m.seconds
             );
+            if let (Some(r), Some(g)) = (m.reduced_bytes_per_step, m.gathered_bytes_per_step) {
+                line.push_str(&format!(
+                    "  comm {:.2} MB/step ({:.2} all-reduced, {:.3} gathered)",
+                    (r + g) / 1e6,
+                    r / 1e6,
+                    g / 1e6
+                ));
+            }
             if let Some(acc) = m.monitor.get("knn_top1") {
                 let secs = m.monitor.get("knn_s").copied().unwrap_or(0.0);
                 line.push_str(&format!("  kNN {:.2}% ({secs:.0} s)", 100.0 * acc));
