@@ -16,6 +16,17 @@ log="$out/gpu-check.log"
 exec > >(tee "$log") 2>&1
 fail=0
 
+# cuda-build.sh ships the binaries xz-compressed.
+for f in "$bin"/*.xz; do
+    [[ -e "$f" ]] || continue
+    if command -v xz >/dev/null; then
+        xz -dkf "$f"
+    else
+        python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[1][:-3], "wb"))' "$f"
+    fi
+    chmod +x "${f%.xz}"
+done
+
 # The CUDA libraries the binaries link (cuBLAS, cuRAND, NVRTC): a CUDA toolkit's, or the
 # wheels PyTorch installs beside itself.
 if py=$(command -v python3) && d=$("$py" -c 'import nvidia, os; print(os.path.dirname(nvidia.__path__[0]) + "/nvidia")' 2>/dev/null); then
