@@ -12,6 +12,8 @@
 //! level; saturation, hue and random grayscale leave a gray image unchanged (it has no colour
 //! to change), though their random draws still happen, so the other draws stay aligned.
 
+#![forbid(unsafe_code)]
+
 mod config;
 pub mod ops;
 

@@ -1,5 +1,5 @@
-//! The `simclr` command line: clap types and the commands they run. The binary only calls
-//! [`run`].
+//! The `simclr` command line: clap types and the commands they run. The binary parses
+//! [`Cli`], prepares the process from it (threads, allocator) and calls [`run`].
 
 mod commands;
 
@@ -7,6 +7,20 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+
+impl Cli {
+    /// The `--threads` of the command, where it has one: the binary sets the thread count
+    /// from it before any thread starts.
+    pub fn threads(&self) -> Option<usize> {
+        match &self.command {
+            Command::Pretrain(a) => a.threads,
+            Command::LinearProbe(a) => a.eval.threads,
+            Command::Knn(a) => a.eval.threads,
+            Command::Embed(a) => a.threads,
+            _ => None,
+        }
+    }
+}
 use simclr_data::{Format, InMemoryDataset, OpenOptions, Split};
 
 /// The error [`run`] returns when `simclr pretrain` stopped at Ctrl-C, after saving its
@@ -130,8 +144,7 @@ pub fn progress_bar(len: u64, what: &str) -> indicatif::ProgressBar {
 }
 
 /// Parses the command line and runs it.
-pub fn run() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Pretrain(args) => commands::pretrain::run(&args),
         Command::LinearProbe(args) => commands::evaluate::linear_probe(&args),

@@ -9,9 +9,16 @@ use std::process::ExitCode;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    simclr_train::memory::tune_allocator_for_training();
-    simclr_train::memory::tune_threads_for_training();
-    match simclr_cli::run() {
+    use clap::Parser;
+    let cli = simclr_cli::Cli::parse();
+    if cli.threads() == Some(0) {
+        eprintln!("error: --threads must be at least 1");
+        return ExitCode::FAILURE;
+    }
+    // SAFETY: first thing in `main`, before any other thread exists: the environment is
+    // written once, here, and never again.
+    unsafe { simclr_train::memory::prepare_process_for_training(cli.threads()) };
+    match simclr_cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         // The checkpoint is saved and the summary printed: only the status is left to give.
         Err(err) if err.is::<simclr_cli::Interrupted>() => ExitCode::from(130),

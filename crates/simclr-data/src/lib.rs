@@ -14,6 +14,8 @@
 //! the exact unzipped file names and exactly 10,000 records per CIFAR file, and report no
 //! file-level errors.
 
+#![forbid(unsafe_code)]
+
 mod cifar;
 mod dataset;
 mod error;

@@ -10,6 +10,8 @@
 //! Features are row-major `f32` matrices ([`Features`]); the heavy products run on candle's
 //! `gemm`.
 
+#![forbid(unsafe_code)]
+
 mod encoder;
 mod knn;
 mod logreg;

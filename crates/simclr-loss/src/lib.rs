@@ -11,6 +11,8 @@
 //! (τ ≤ 0, mismatched shapes, empty batches, rank ≠ 2) fail with `candle_core::bail!`
 //! naming the offending values.
 
+#![forbid(unsafe_code)]
+
 use std::fmt;
 use std::str::FromStr;
 

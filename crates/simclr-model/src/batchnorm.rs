@@ -374,8 +374,12 @@ fn batch_stats(x: &[f32], d: Dims, sync: Option<&Comm>) -> Result<Stats> {
 }
 
 /// A vector of `len` scalars whose chunks of `item` are written by `f(chunk index, chunk)`
-/// in parallel, without zeroing the memory first. `f` must write every element.
-fn par_filled(
+/// in parallel, without zeroing the memory first.
+///
+/// # Safety
+/// `f` must write every element of each chunk it is given: the vector's elements are taken
+/// as initialised afterwards.
+unsafe fn par_filled(
     len: usize,
     item: usize,
     f: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync + Send,
@@ -385,8 +389,8 @@ fn par_filled(
         .par_chunks_mut(item.max(1))
         .enumerate()
         .for_each(|(i, c)| f(i, c));
-    // SAFETY: the capacity is `len`, and every caller's `f` writes each element of its chunk
-    // (every chunk is handed to `f` exactly once), so all `len` elements are initialised.
+    // SAFETY: the capacity is `len`, every chunk is handed to `f` exactly once, and `f`
+    // writes each element of its chunk (this fn's contract): all `len` are initialised.
     unsafe { v.set_len(len) };
     v
 }
@@ -401,32 +405,36 @@ fn normalise(
     d: Dims,
 ) -> Vec<f32> {
     let item = d.c * d.s;
-    par_filled(x.len(), item, |b, yb| {
-        let xb = &x[b * item..][..item];
-        for ch in 0..d.c {
-            let (k, m) = (scale[ch], shift[ch]);
-            let range = ch * d.s..(ch + 1) * d.s;
-            let (yr, xr) = (&mut yb[range.clone()], &xb[range.clone()]);
-            match residual {
-                Some(r) => {
-                    let rr = &r[b * item..][range];
-                    for ((y, &x), &r) in yr.iter_mut().zip(xr).zip(rr) {
-                        y.write((k * x + m + r).max(0.0));
+    // SAFETY: the closure writes every element of its item: each channel's range of `yb`
+    // (the `C` ranges of length `S` tile the item) in each of the three branches.
+    unsafe {
+        par_filled(x.len(), item, |b, yb| {
+            let xb = &x[b * item..][..item];
+            for ch in 0..d.c {
+                let (k, m) = (scale[ch], shift[ch]);
+                let range = ch * d.s..(ch + 1) * d.s;
+                let (yr, xr) = (&mut yb[range.clone()], &xb[range.clone()]);
+                match residual {
+                    Some(r) => {
+                        let rr = &r[b * item..][range];
+                        for ((y, &x), &r) in yr.iter_mut().zip(xr).zip(rr) {
+                            y.write((k * x + m + r).max(0.0));
+                        }
                     }
-                }
-                None if relu => {
-                    for (y, &x) in yr.iter_mut().zip(xr) {
-                        y.write((k * x + m).max(0.0));
+                    None if relu => {
+                        for (y, &x) in yr.iter_mut().zip(xr) {
+                            y.write((k * x + m).max(0.0));
+                        }
                     }
-                }
-                None => {
-                    for (y, &x) in yr.iter_mut().zip(xr) {
-                        y.write(k * x + m);
+                    None => {
+                        for (y, &x) in yr.iter_mut().zip(xr) {
+                            y.write(k * x + m);
+                        }
                     }
                 }
             }
-        }
-    })
+        })
+    }
 }
 
 impl BatchNormOp {
@@ -541,17 +549,21 @@ impl BatchNormOp {
                     })
                     .collect();
                 let item = d.c * d.s;
-                let dx = par_filled(xv.len(), item, |b, dxb| {
-                    let (xb, gb) = (&xv[b * item..][..item], &g[b * item..][..item]);
-                    for (ch, &(k1, k2, k3)) in k.iter().enumerate() {
-                        let r = ch * d.s..(ch + 1) * d.s;
-                        for ((o, &x), &g) in
-                            dxb[r.clone()].iter_mut().zip(&xb[r.clone()]).zip(&gb[r])
-                        {
-                            o.write(k1 * g + k2 * x + k3);
+                // SAFETY: the closure writes every element of its item: the channels'
+                // ranges of length S tile it, each written in full.
+                let dx = unsafe {
+                    par_filled(xv.len(), item, |b, dxb| {
+                        let (xb, gb) = (&xv[b * item..][..item], &g[b * item..][..item]);
+                        for (ch, &(k1, k2, k3)) in k.iter().enumerate() {
+                            let r = ch * d.s..(ch + 1) * d.s;
+                            for ((o, &x), &g) in
+                                dxb[r.clone()].iter_mut().zip(&xb[r.clone()]).zip(&gb[r])
+                            {
+                                o.write(k1 * g + k2 * x + k3);
+                            }
                         }
-                    }
-                });
+                    })
+                };
                 Ok((dx, sums))
             };
             match &masked {

@@ -34,8 +34,8 @@ fn peak_rss_mib() -> Option<f64> {
 }
 
 fn main() -> candle_core::Result<()> {
-    simclr_train::memory::tune_allocator_for_training();
-    simclr_train::memory::tune_threads_for_training();
+    // SAFETY: first thing in `main`, before any other thread exists.
+    unsafe { simclr_train::memory::prepare_process_for_training(None) };
     let args: Vec<String> = std::env::args().collect();
     let cfg = ModelConfig {
         arch: arg(&args, "--arch", "resnet18".to_string())

@@ -45,11 +45,35 @@ pub const CANDLE_SPIN_LIMIT: u32 = 2_000;
 /// Measured with `bench_step`, runs interleaved, median step: ResNet-18 ¼ width (2×128 views
 /// 28×28×1) 0.273–0.288 s → 0.253–0.265 s, full width (32×32×3) 2.79–2.86 s → 2.68–2.73 s,
 /// ResNet-50 ¼ width 0.86–0.93 s → 0.84–0.88 s. candle reads the variable once, when its pool
-/// starts: call this first thing in `main`, before any other thread exists.
-pub fn tune_threads_for_training() {
+/// starts: call this first thing in `main`.
+///
+/// # Safety
+/// It writes the process environment (`std::env::set_var`): no other thread may exist yet
+/// (none reading or writing the environment), so call it first thing in `main`.
+pub unsafe fn tune_threads_for_training() {
     if std::env::var_os(CANDLE_SPIN_LIMIT_VAR).is_none() {
-        // SAFETY: called at start-up, before this process starts any other thread, so no
-        // other thread reads or writes the environment meanwhile.
+        // SAFETY: the caller guarantees that no other thread exists (this fn's contract).
         unsafe { std::env::set_var(CANDLE_SPIN_LIMIT_VAR, CANDLE_SPIN_LIMIT.to_string()) };
+    }
+}
+
+/// Everything a training program sets up before it starts: the allocator
+/// ([`tune_allocator_for_training`]), candle's workers ([`tune_threads_for_training`]) and,
+/// when given, the number of threads of the step (`RAYON_NUM_THREADS`, which candle and
+/// rayon read, and rayon's global pool).
+///
+/// # Safety
+/// As [`tune_threads_for_training`]: call it first thing in `main`, before any other thread
+/// exists.
+pub unsafe fn prepare_process_for_training(threads: Option<usize>) {
+    tune_allocator_for_training();
+    // SAFETY: forwarded from this fn's contract: no other thread exists.
+    unsafe { tune_threads_for_training() };
+    if let Some(n) = threads {
+        // SAFETY: as above.
+        unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global();
     }
 }

@@ -608,7 +608,8 @@ impl Trainer {
             );
             let wait = loader.waited() - waited_before;
             let lr = self.schedule.lr(self.global_step());
-            let views = batch.views.dim(0)?;
+            // The step trains on the global batch: every rank's views.
+            let views = batch.views.dim(0)? * self.comm.world();
             let (loss, acc) = self.step(&batch.views, batch.labels.as_deref(), lr)?;
             self.step_in_epoch += 1;
             pending.push(Pending {

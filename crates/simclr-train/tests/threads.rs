@@ -10,7 +10,8 @@ fn spin_limit_is_set_unless_the_user_chose_one() {
     // SAFETY: the only test of this binary, and it starts no thread: no concurrent access to
     // the environment.
     unsafe { std::env::remove_var(VAR) };
-    tune_threads_for_training();
+    // SAFETY: as above.
+    unsafe { tune_threads_for_training() };
     assert_eq!(
         std::env::var(VAR).as_deref(),
         Ok(CANDLE_SPIN_LIMIT.to_string().as_str())
@@ -18,6 +19,7 @@ fn spin_limit_is_set_unless_the_user_chose_one() {
 
     // SAFETY: as above.
     unsafe { std::env::set_var(VAR, "7") };
-    tune_threads_for_training();
+    // SAFETY: as above.
+    unsafe { tune_threads_for_training() };
     assert_eq!(std::env::var(VAR).as_deref(), Ok("7"));
 }

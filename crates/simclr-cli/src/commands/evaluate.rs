@@ -12,7 +12,7 @@ use simclr_model::SimClr;
 use simclr_model::io::{self, SafetensorsFile};
 
 use crate::DataArgs;
-use crate::commands::pretrain::{device, set_threads};
+use crate::commands::pretrain::device;
 use crate::commands::weights::{check_channels, checkpoint_path};
 
 /// What both evaluations take.
@@ -133,7 +133,6 @@ fn load_encoder(args: &EvalArgs, dev: &Device) -> anyhow::Result<(Encoder, PathB
 }
 
 fn extract(args: &EvalArgs) -> anyhow::Result<Extracted> {
-    set_threads(args.threads)?;
     let dev = device(&args.device)?;
     let (encoder, weights) = load_encoder(args, &dev)?;
     let open = |split| {

@@ -371,21 +371,6 @@ pub fn device(spec: &str) -> anyhow::Result<candle_core::Device> {
         .with_context(|| format!("--device {spec}: cannot open CUDA device {ordinal}"))
 }
 
-/// Sets the number of threads of the training step (candle and rayon read it).
-pub fn set_threads(threads: Option<usize>) -> anyhow::Result<()> {
-    if let Some(n) = threads {
-        if n == 0 {
-            bail!("--threads must be at least 1");
-        }
-        // SAFETY: called at start-up, before this process starts any other thread.
-        unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
-        let _ = rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build_global();
-    }
-    Ok(())
-}
-
 /// The run's `--format`, when given.
 fn format_of(c: &TrainConfig) -> anyhow::Result<Option<Format>> {
     c.format
@@ -482,7 +467,6 @@ pub fn run(args: &PretrainArgs) -> anyhow::Result<()> {
 }
 
 fn run_on(args: &PretrainArgs, comm: &simclr_dist::Comm) -> anyhow::Result<()> {
-    set_threads(args.threads)?;
     let primary = comm.is_primary();
     let world = comm.world();
     // One GPU per rank: a bare `cuda` means the rank's own on its node.

@@ -12,7 +12,7 @@ use simclr_eval::Encoder;
 use simclr_model::io::{self, SafetensorsFile};
 
 use crate::DataArgs;
-use crate::commands::pretrain::{device, set_threads};
+use crate::commands::pretrain::device;
 
 /// Options of `simclr export`.
 #[derive(Debug, Args)]
@@ -129,7 +129,6 @@ pub struct EmbedArgs {
 
 /// Runs `simclr embed`.
 pub fn embed(args: &EmbedArgs) -> anyhow::Result<()> {
-    set_threads(args.threads)?;
     let dev = device(&args.device)?;
     let ext = args
         .out
