@@ -4,6 +4,7 @@
 //! from which a run resumes exactly.
 
 pub mod config;
+pub mod fingerprint;
 pub mod loader;
 pub mod lock;
 pub mod memory;

@@ -219,6 +219,10 @@ pub struct Trainer {
     _lock: Option<crate::lock::RunLock>,
     /// The ranks of a data-parallel run (one, by default).
     comm: simclr_dist::Comm,
+    /// The dataset's fingerprint, recorded in checkpoints and checked on resume.
+    fingerprint: crate::fingerprint::DataFingerprint,
+    /// What a resume found worth saying (why it cannot be bit-exact, say).
+    notes: Vec<String>,
 }
 
 /// A step run whose loss and accuracy are still on the device.
@@ -313,6 +317,32 @@ impl Trainer {
         let (epoch, step_in_epoch) = (number("epoch")?, number("step_in_epoch")?);
         let optimizer_steps = number("optimizer_steps")?;
         let mut trainer = Self::build(comm, config, dataset, out, device)?;
+        // Older checkpoints have no fingerprint: nothing to compare.
+        if let Some(saved) = file.metadata.get("data_fingerprint") {
+            let saved: crate::fingerprint::DataFingerprint = serde_json::from_str(saved)
+                .map_err(|e| meta_err(format!("metadata `data_fingerprint`: {e}")))?;
+            if let Some(d) = saved.difference(&trainer.fingerprint) {
+                let data = trainer.config.data.as_ref().map_or_else(
+                    || "the bundled sample".into(),
+                    |p| format!("`{}`", p.display()),
+                );
+                return Err(TrainError::Config(format!(
+                    "{data} is not the dataset this run was trained on ({d}); resume with \
+                     the original data, or start a new run"
+                )));
+            }
+        }
+        if let Some(saved) = file.metadata.get("arithmetic")
+            && let Ok(saved) = serde_json::from_str::<crate::fingerprint::Arithmetic>(saved)
+            && let Some(d) = saved.difference(&crate::fingerprint::Arithmetic::current(
+                trainer.comm.world(),
+            ))
+        {
+            trainer.notes.push(format!(
+                "the run continues, but not bit for bit as it would have: {d} (float sums \
+                 are added in another order)"
+            ));
+        }
         trainer
             .model
             .load_tensors(&file.tensors, true)
@@ -418,6 +448,7 @@ impl Trainer {
             warmup,
             total,
         );
+        let fingerprint = crate::fingerprint::DataFingerprint::of(&*dataset);
         let augment = config.augment(channels);
         augment
             .validate()
@@ -440,6 +471,8 @@ impl Trainer {
             log_every: 1,
             _lock: lock,
             comm,
+            fingerprint,
+            notes: Vec::new(),
             config,
         })
     }
@@ -810,15 +843,26 @@ impl Trainer {
         tensors
     }
 
-    /// The checkpoint's metadata.
+    /// The checkpoint's metadata, with the dataset's fingerprint and the arithmetic it was
+    /// trained with (threads, CPU kernels, ranks).
     pub fn checkpoint_metadata(&self) -> BTreeMap<String, String> {
-        checkpoint_metadata(
+        let mut m = checkpoint_metadata(
             &self.config,
             self.model.config(),
             &self.augment,
             [self.epoch, self.step_in_epoch, self.global_step()],
             self.optimizer.steps(),
-        )
+        );
+        m.insert("data_fingerprint".into(), json(&self.fingerprint));
+        let arithmetic = crate::fingerprint::Arithmetic::current(self.comm.world());
+        m.insert("arithmetic".into(), json(&arithmetic));
+        m
+    }
+
+    /// What [`resume`](Self::resume) found worth telling the user: why the run cannot
+    /// continue bit for bit as it would have (other threads, CPU kernels or ranks).
+    pub fn resume_notes(&self) -> &[String] {
+        &self.notes
     }
 
     /// Writes `last.safetensors` and, at epoch ends, `epoch-NNNN.safetensors`, deleting

@@ -548,11 +548,12 @@ impl Dataset for Panicking {
 #[test]
 fn a_loader_that_dies_mid_epoch_fails_the_run_and_keeps_the_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
-    // 32 images, batches of 16: 32 reads an epoch; read 40 is in epoch 2, step 1.
+    // 32 images, batches of 16: 32 reads an epoch, after the 16 of the dataset's fingerprint
+    // when the trainer is built; read 16 + 40 is in epoch 2, step 1.
     let data: Arc<dyn Dataset> = Arc::new(Panicking {
         inner: subset(32),
         reads: 0.into(),
-        bad: 40,
+        bad: 16 + 40,
     });
     let mut t = Trainer::new(tiny(OptimizerKind::Lars), data, dir.path(), &Device::Cpu).unwrap();
     let mut saved = Vec::new();
@@ -577,4 +578,28 @@ fn a_loader_that_dies_mid_epoch_fails_the_run_and_keeps_the_checkpoint() {
         last.metadata["global_step"], "2",
         "the epoch-1 checkpoint is intact"
     );
+}
+
+#[test]
+fn a_resume_on_other_data_is_refused_naming_the_difference() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = TrainConfig {
+        max_steps: Some(1),
+        ..tiny(OptimizerKind::Lars)
+    };
+    let mut t = Trainer::new(cfg, subset(48), dir.path(), &Device::Cpu).unwrap();
+    run(&mut t);
+    drop(t);
+    let ckpt = dir.path().join("last.safetensors");
+    let saved = SafetensorsFile::load(&ckpt, &Device::Cpu).unwrap();
+    assert!(saved.metadata["data_fingerprint"].contains("\"len\":48"));
+    assert!(saved.metadata["arithmetic"].contains("\"threads\""));
+    let err = Trainer::resume(&ckpt, |_| {}, subset(47), dir.path(), &Device::Cpu)
+        .err()
+        .expect("another dataset");
+    let msg = err.to_string();
+    assert!(msg.contains("48 images then, 47 now"), "{msg}");
+    // The same data resumes, with nothing to note on the same machine.
+    let t = Trainer::resume(&ckpt, |_| {}, subset(48), dir.path(), &Device::Cpu).unwrap();
+    assert!(t.resume_notes().is_empty(), "{:?}", t.resume_notes());
 }

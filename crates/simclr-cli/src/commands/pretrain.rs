@@ -632,6 +632,9 @@ fn run_on(args: &PretrainArgs, comm: &simclr_dist::Comm) -> anyhow::Result<()> {
             step % per_epoch,
             trainer.out_dir().display()
         );
+        for note in trainer.resume_notes() {
+            eprintln!("note: {note}");
+        }
     }
     let interactive = !args.quiet && std::io::stderr().is_terminal();
     let total = c
