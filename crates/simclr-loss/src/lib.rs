@@ -146,8 +146,14 @@ pub fn nt_xent(z1: &Tensor, z2: &Tensor, temperature: f64) -> Result<Tensor> {
 /// rank order (`[world · 2n, D]`). Anchors are the local rows; the candidates are all keys but
 /// the anchor itself (key row `rank · 2n + i`); the positive of local row `i` is key row
 /// `rank · 2n + (i + n) mod 2n`. With one rank (`keys == local`, `rank == 0`) this is
-/// [`nt_xent`]. Gradients flow into both `local` and `keys`, so a gather whose backward
-/// returns each rank its slice makes every negative count.
+/// [`nt_xent`].
+///
+/// Gradients flow into both `local` (as anchors) and `keys` (as candidates). Every rank's
+/// loss depends on every rank's keys, so the gather that builds `keys` must, in its backward,
+/// **sum the key gradient over all ranks and then return this rank's block**; returning only
+/// this rank's block of its own key gradient drops the other ranks' negative-pair terms
+/// (lightly fixed exactly this in PR #1531, solo-learn in #232).
+/// `simclr_dist::all_gather_with_grad` is that gather.
 ///
 /// # Shapes
 /// `local`: `[2n, D]`, `keys`: `[world · 2n, D]` → scalar (mean over the `2n` local anchors).
