@@ -170,6 +170,22 @@ fn pretrain_writes_config_metrics_and_checkpoints_then_resumes() {
         }
     }
     assert!(run.join("last.safetensors").is_file());
+    // augment-preview shows the run's own augmentation: its 16 px views, not the data's 28.
+    let out = simclr(
+        &[
+            "augment-preview",
+            "--from-run",
+            "run",
+            "--count",
+            "2",
+            "--out",
+            "p.png",
+        ],
+        dir.path(),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("16x16 px"), "{said}");
     let curves = image::open(run.join("curves.png")).unwrap();
     assert_eq!((curves.width(), curves.height()), (1200, 450));
     let out = simclr(&["plot", "run", "--out", "again.png"], dir.path());

@@ -22,20 +22,30 @@ pub const ENCODER_FORMAT: &str = "simclr-rs/encoder/1";
 #[derive(Debug, thiserror::Error)]
 pub enum IoError {
     /// The file system refused.
-    #[error("{path}: {source}")]
+    #[error("cannot read or write `{}`", path.display())]
     Io {
         /// The file.
         path: PathBuf,
         /// The cause.
+        #[source]
         source: std::io::Error,
     },
     /// The bytes are not a valid safetensors file (truncated, corrupt, another format).
-    #[error("{path}: not a valid safetensors file ({reason}); it may be truncated or corrupt")]
+    #[error("`{}` is not a valid safetensors file; it may be truncated or corrupt", path.display())]
     Corrupt {
         /// The file.
         path: PathBuf,
-        /// What the parser said.
-        reason: String,
+        /// What the parser said, or what is inconsistent.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A tensor the caller needs is not in the file.
+    #[error("`{}`: tensor `{name}` is missing", path.display())]
+    MissingTensor {
+        /// The file.
+        path: PathBuf,
+        /// The tensor.
+        name: String,
     },
     /// A metadata field the caller needs is absent or malformed.
     #[error("{path}: {reason}")]
@@ -46,11 +56,12 @@ pub enum IoError {
         reason: String,
     },
     /// A tensor could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("a tensor of `{}` could not be read or written", path.display())]
     Tensor {
         /// The file.
         path: PathBuf,
         /// The cause.
+        #[source]
         source: candle_core::Error,
     },
 }
@@ -75,7 +86,7 @@ impl SafetensorsFile {
         })?;
         let corrupt = |e: safetensors::SafeTensorError| IoError::Corrupt {
             path: path.to_owned(),
-            reason: e.to_string(),
+            source: Box::new(e),
         };
         let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(corrupt)?;
         let st = safetensors::SafeTensors::deserialize(&bytes).map_err(corrupt)?;
@@ -109,7 +120,7 @@ impl SafetensorsFile {
         };
         let corrupt = |reason: String| IoError::Corrupt {
             path: path.to_owned(),
-            reason,
+            source: reason.into(),
         };
         let mut f = File::open(path).map_err(io_err)?;
         let file_len = f.metadata().map_err(io_err)?.len();
@@ -152,10 +163,12 @@ impl SafetensorsFile {
 
     /// The tensor `name`, or an error naming it.
     pub fn tensor(&self, name: &str) -> Result<&Tensor, IoError> {
-        self.tensors.get(name).ok_or_else(|| IoError::Metadata {
-            path: self.path.clone(),
-            reason: format!("tensor `{name}` is missing"),
-        })
+        self.tensors
+            .get(name)
+            .ok_or_else(|| IoError::MissingTensor {
+                path: self.path.clone(),
+                name: name.to_owned(),
+            })
     }
 }
 
@@ -176,7 +189,7 @@ pub fn to_bytes(
         })?;
     safetensors::serialize(contiguous, Some(meta)).map_err(|e| IoError::Corrupt {
         path: path.to_owned(),
-        reason: e.to_string(),
+        source: Box::new(e),
     })
 }
 
@@ -295,7 +308,13 @@ mod tests {
             ))
         })
         .unwrap_err();
-        assert!(err.to_string().contains("no space left"), "{err}");
+        assert!(err.to_string().contains("w.safetensors"), "{err}");
+        let cause = std::error::Error::source(&err).map(ToString::to_string);
+        assert_eq!(
+            cause.as_deref(),
+            Some("no space left on device"),
+            "the cause is kept"
+        );
         let f = SafetensorsFile::load(&path, &Device::Cpu).unwrap();
         assert_eq!(f.tensors.len(), 2);
         assert_eq!(

@@ -70,16 +70,26 @@ pub enum TrainError {
     /// A tensor operation failed.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+    /// A checkpoint's tensors do not fit the model or optimiser of its own configuration.
+    #[error("`{}` does not fit the run it describes", path.display())]
+    Checkpoint {
+        /// The checkpoint.
+        path: PathBuf,
+        /// What did not fit.
+        #[source]
+        source: candle_core::Error,
+    },
     /// Another run holds the run directory, or it cannot be locked.
     #[error(transparent)]
     Lock(#[from] crate::lock::LockError),
     /// The epoch-end [`Monitor`] failed (the epoch's checkpoint was written first).
-    #[error("measuring the model after epoch {epoch}: {reason}")]
+    #[error("measuring the model after epoch {epoch}")]
     Monitor {
         /// Epoch (1-based).
         epoch: u64,
         /// What went wrong.
-        reason: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
 }
 
@@ -346,7 +356,10 @@ impl Trainer {
         trainer
             .model
             .load_tensors(&file.tensors, true)
-            .map_err(|e| meta_err(e.to_string()))?;
+            .map_err(|source| TrainError::Checkpoint {
+                path: checkpoint.to_owned(),
+                source,
+            })?;
         let state = trainer
             .params
             .iter()
@@ -364,7 +377,10 @@ impl Trainer {
         trainer
             .optimizer
             .load_state(state, optimizer_steps)
-            .map_err(|e| meta_err(e.to_string()))?;
+            .map_err(|source| TrainError::Checkpoint {
+                path: checkpoint.to_owned(),
+                source,
+            })?;
         trainer.epoch = epoch;
         trainer.step_in_epoch = step_in_epoch;
         trainer.last_checkpoint = Some(checkpoint.to_owned());
@@ -706,7 +722,7 @@ impl Trainer {
                             }
                             return Err(TrainError::Monitor {
                                 epoch: self.epoch,
-                                reason: e.to_string(),
+                                source: e,
                             });
                         }
                     }

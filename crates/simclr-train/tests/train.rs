@@ -401,7 +401,9 @@ fn a_failing_monitor_stops_the_run_after_saving_the_epoch() {
     );
     let err = t.run(&AtomicBool::new(false), &mut |_| {}).unwrap_err();
     assert!(matches!(err, TrainError::Monitor { epoch: 2, .. }), "{err}");
-    assert!(err.to_string().contains("the bank is empty"), "{err}");
+    // The cause is kept as the error's source, so `{err:#}` (anyhow) shows the chain.
+    let cause = std::error::Error::source(&err).map(ToString::to_string);
+    assert_eq!(cause.as_deref(), Some("the bank is empty"), "{err}");
     // Epoch 2 was not a numbered save (save_every 5), so last.safetensors holds it.
     let last = SafetensorsFile::load(&dir.path().join("last.safetensors"), &Device::Cpu).unwrap();
     assert_eq!(last.metadata["epoch"], "2");

@@ -1,11 +1,14 @@
-//! `simclr augment-preview`: a PNG grid, one row per image: the image, then its two views.
+//! `simclr augment-preview`: a PNG grid, one row per image: the image, then its two views,
+//! made by the augmentation `simclr pretrain` would use (its defaults and its flags, or a
+//! run's own configuration with `--from-run`).
 
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use simclr_augment::{AugmentConfig, view_rng};
+use simclr_augment::view_rng;
 use simclr_data::{Dataset, Image};
+use simclr_train::TrainConfig;
 
 use crate::DataArgs;
 
@@ -23,21 +26,32 @@ pub struct AugmentPreviewArgs {
     #[arg(long, default_value_t = 8, value_name = "N")]
     count: usize,
 
-    /// View size in pixels (default: the dataset's image height).
+    /// Show the augmentation of this run directory (its config.json): its view size, crop
+    /// scale, jitter, blur and seed, and its dataset unless --data is given. Flags override it.
+    #[arg(long, value_name = "DIR")]
+    from_run: Option<PathBuf>,
+
+    /// View size in pixels [default: the run's, else the dataset's image height].
     #[arg(long, value_name = "PX")]
     image_size: Option<u32>,
 
-    /// Seed of the random views.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    /// Seed of the random views [default: the run's, else 0].
+    #[arg(long)]
+    seed: Option<u64>,
 
-    /// Colour-jitter strength s (brightness/contrast/saturation 0.8 s, hue 0.2 s).
-    #[arg(long, default_value_t = 1.0, value_name = "S")]
-    jitter_strength: f64,
+    /// Colour-jitter strength s (brightness/contrast/saturation 0.8 s, hue 0.2 s), as
+    /// `simclr pretrain --jitter-strength` [default: the run's, else pretrain's 0.5].
+    #[arg(long, value_name = "S")]
+    jitter_strength: Option<f64>,
 
-    /// Blur probability (default: 0.5 above 32 px, 0 at 32 px and below, as the paper).
-    #[arg(long, value_name = "P")]
-    blur: Option<f64>,
+    /// Smallest area share of the random resized crop, as `simclr pretrain`
+    /// [default: the run's, else 0.08].
+    #[arg(long, value_name = "S")]
+    min_crop_scale: Option<f64>,
+
+    /// Gaussian blur, as `simclr pretrain --blur` [default: the run's, else on above 32 px].
+    #[arg(long, value_name = "true|false")]
+    blur: Option<bool>,
 
     /// Magnify each cell by this integer factor (default: to at least 96 px).
     #[arg(long, value_name = "K")]
@@ -52,18 +66,51 @@ pub fn run(args: &AugmentPreviewArgs) -> anyhow::Result<()> {
     if args.count == 0 {
         bail!("--count must be at least 1");
     }
-    let ds = args.data.open()?;
+    let run: Option<TrainConfig> = match &args.from_run {
+        Some(dir) => {
+            let path = dir.join("config.json");
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("while reading `{}`", path.display()))?;
+            Some(
+                serde_json::from_str(&text)
+                    .with_context(|| format!("`{}` is not a run config", path.display()))?,
+            )
+        }
+        None => None,
+    };
+    let mut data = args.data.clone();
+    if let Some(r) = &run
+        && data.data.is_none()
+    {
+        data.data = r.data.clone();
+        data.format = r
+            .format
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(anyhow::Error::msg)?;
+    }
+    let ds = data.open()?;
     let first = ds.get(0).image;
-    let size = args.image_size.unwrap_or(first.height());
-    if size == 0 {
+    let mut c = run.clone().unwrap_or_default();
+    c.image_size = args
+        .image_size
+        .or(run.as_ref().map(|r| r.image_size))
+        .unwrap_or(first.height());
+    if c.image_size == 0 {
         bail!("--image-size must be at least 1 pixel");
     }
-    let mut cfg =
-        AugmentConfig::simclr(size, ds.channels()).with_jitter_strength(args.jitter_strength);
-    if let Some(p) = args.blur {
-        cfg.blur_p = p;
+    macro_rules! set {
+        ($($f:ident),*) => {$( if let Some(v) = args.$f { c.$f = v; } )*};
     }
+    set!(seed, jitter_strength, min_crop_scale);
+    if args.blur.is_some() {
+        c.blur = args.blur;
+    }
+    let size = c.image_size;
+    let cfg = c.augment(ds.channels());
     cfg.validate().context("invalid augmentation options")?;
+    let seed = c.seed;
 
     let count = args.count.min(ds.len());
     let zoom = args.zoom.unwrap_or_else(|| 96u32.div_ceil(size)).max(1);
@@ -74,8 +121,8 @@ pub fn run(args: &AugmentPreviewArgs) -> anyhow::Result<()> {
         let index = row * ds.len() / count;
         let img = ds.get(index).image;
         let original = cfg.eval_image(&img);
-        let v1 = cfg.view_image(&img, &mut view_rng(args.seed, 0, index as u64, 0));
-        let v2 = cfg.view_image(&img, &mut view_rng(args.seed, 0, index as u64, 1));
+        let v1 = cfg.view_image(&img, &mut view_rng(seed, 0, index as u64, 0));
+        let v2 = cfg.view_image(&img, &mut view_rng(seed, 0, index as u64, 1));
         for (col, cell_img) in [original, v1, v2].iter().enumerate() {
             let x0 = GAP + col as u32 * (cell + GAP);
             let y0 = GAP + row as u32 * (cell + GAP);
@@ -87,7 +134,7 @@ pub fn run(args: &AugmentPreviewArgs) -> anyhow::Result<()> {
     println!(
         "wrote {} ({count} images from {}: original | view 1 | view 2, {size}x{size} px, zoom {zoom}x)",
         args.out.display(),
-        args.data.describe()
+        data.describe()
     );
     Ok(())
 }
