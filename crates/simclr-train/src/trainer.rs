@@ -203,6 +203,15 @@ pub struct Summary {
     pub checkpoint: Option<PathBuf>,
 }
 
+impl Summary {
+    /// Counts one step and its loss.
+    fn record(&mut self, loss: f32) {
+        self.first_loss.get_or_insert(loss);
+        self.last_loss = Some(loss);
+        self.steps += 1;
+    }
+}
+
 /// A pretraining run in progress.
 pub struct Trainer {
     config: TrainConfig,
@@ -327,6 +336,10 @@ impl Trainer {
         let (epoch, step_in_epoch) = (number("epoch")?, number("step_in_epoch")?);
         let optimizer_steps = number("optimizer_steps")?;
         let mut trainer = Self::build(comm, config, dataset, out, device)?;
+        let misfit = |source| TrainError::Checkpoint {
+            path: checkpoint.to_owned(),
+            source,
+        };
         // Older checkpoints have no fingerprint: nothing to compare.
         if let Some(saved) = file.metadata.get("data_fingerprint") {
             let saved: crate::fingerprint::DataFingerprint = serde_json::from_str(saved)
@@ -356,10 +369,7 @@ impl Trainer {
         trainer
             .model
             .load_tensors(&file.tensors, true)
-            .map_err(|source| TrainError::Checkpoint {
-                path: checkpoint.to_owned(),
-                source,
-            })?;
+            .map_err(misfit)?;
         let state = trainer
             .params
             .iter()
@@ -377,10 +387,7 @@ impl Trainer {
         trainer
             .optimizer
             .load_state(state, optimizer_steps)
-            .map_err(|source| TrainError::Checkpoint {
-                path: checkpoint.to_owned(),
-                source,
-            })?;
+            .map_err(misfit)?;
         trainer.epoch = epoch;
         trainer.step_in_epoch = step_in_epoch;
         trainer.last_checkpoint = Some(checkpoint.to_owned());
@@ -563,19 +570,18 @@ impl Trainer {
         if self.comm.world() == 1 {
             return Ok(grads);
         }
-        let mut vars = Vec::new();
-        let mut local = Vec::new();
-        for (_, var) in &self.params {
-            let g = match grads.remove(var.as_tensor()) {
-                Some(g) => g.detach(),
-                None => var.as_tensor().zeros_like()?,
-            };
-            vars.push(var);
-            local.push(g);
-        }
+        let local = self
+            .params
+            .iter()
+            .map(|(_, var)| match grads.remove(var.as_tensor()) {
+                Some(g) => Ok(g.detach()),
+                None => var.as_tensor().zeros_like(),
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
         let mut reduced = GradStore::default();
-        for (var, g) in vars
-            .into_iter()
+        for ((_, var), g) in self
+            .params
+            .iter()
             .zip(simclr_dist::all_reduce_mean(&self.comm, &local)?)
         {
             reduced.insert(var.as_tensor(), g);
@@ -679,12 +685,10 @@ impl Trainer {
             });
             let epoch_end = self.step_in_epoch == self.steps_per_epoch;
             if epoch_end || pending.len() as u64 >= self.log_every {
-                self.flush(&mut pending, &mut window, &mut metrics, observe, |m| {
-                    summary.first_loss.get_or_insert(m.loss);
-                    summary.last_loss = Some(m.loss);
-                    summary.steps += 1;
+                for m in self.flush(&mut pending, &mut window, &mut metrics, observe)? {
+                    summary.record(m.loss);
                     epoch_acc.add(m.loss, m.acc);
-                })?;
+                }
             }
             if epoch_end {
                 let mut em = epoch_acc.finish(
@@ -734,11 +738,9 @@ impl Trainer {
             }
         }
         // Steps not yet read back: checked (a NaN among them saves nothing) and logged.
-        self.flush(&mut pending, &mut window, &mut metrics, observe, |m| {
-            summary.first_loss.get_or_insert(m.loss);
-            summary.last_loss = Some(m.loss);
-            summary.steps += 1;
-        })?;
+        for m in self.flush(&mut pending, &mut window, &mut metrics, observe)? {
+            summary.record(m.loss);
+        }
         let total = started.elapsed();
         let waited = loader.waited();
         drop(loader);
@@ -763,18 +765,18 @@ impl Trainer {
     }
 
     /// Reads the pending steps' losses and accuracies back in one copy, stops at the first
-    /// non-finite loss, and writes and reports each step. `views_per_s` of each step is the
-    /// window's rate (on a GPU the host's clock only sees the window as a whole).
+    /// non-finite loss, and writes and reports each step; returns their metrics.
+    /// `views_per_s` of each step is the window's rate (on a GPU the host's clock only sees
+    /// the window as a whole).
     fn flush(
         &self,
         pending: &mut Vec<Pending>,
         window: &mut Instant,
         metrics: &mut Option<BufWriter<File>>,
         observe: &mut dyn FnMut(Event),
-        mut tally: impl FnMut(&StepMetrics),
-    ) -> Result<()> {
+    ) -> Result<Vec<StepMetrics>> {
         if pending.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let values: Vec<Tensor> = pending
             .iter()
@@ -793,6 +795,7 @@ impl Trainer {
         }
         let seconds = window.elapsed().as_secs_f64().max(1e-9);
         let views: usize = pending.iter().map(|p| p.views).sum();
+        let mut flushed = Vec::with_capacity(pending.len());
         for (p, lv) in pending.drain(..).zip(values.chunks_exact(2)) {
             let mut m = p.metrics;
             (m.loss, m.acc) = (lv[0], lv[1]);
@@ -807,10 +810,10 @@ impl Trainer {
             m.views_per_s = views as f64 / seconds;
             write_line(metrics, &m, &self.out)?;
             observe(Event::Step(&m));
-            tally(&m);
+            flushed.push(m);
         }
         *window = Instant::now();
-        Ok(())
+        Ok(flushed)
     }
 
     /// One optimisation step on a `[2N, C, H, W]` view batch already on the device; returns
@@ -885,31 +888,25 @@ impl Trainer {
     /// numbered checkpoints beyond `keep_last`. Returns the path of the last one written.
     pub fn save_checkpoint(&mut self, numbered: bool) -> Result<PathBuf> {
         let last = self.out.join("last.safetensors");
-        if !self.comm.is_primary() {
-            // Rank 0 writes; the others only keep track of what it wrote.
-            self.last_checkpoint = Some(last.clone());
-            return Ok(if numbered {
-                self.out
-                    .join(format!("epoch-{:04}.safetensors", self.epoch))
-            } else {
-                last
-            });
+        let written = if numbered {
+            self.out
+                .join(format!("epoch-{:04}.safetensors", self.epoch))
+        } else {
+            last.clone()
+        };
+        // Rank 0 writes; the other ranks only keep track of what it wrote.
+        if self.comm.is_primary() {
+            let bytes = io::to_bytes(
+                &last,
+                &self.checkpoint_tensors(),
+                &self.checkpoint_metadata(),
+            )?;
+            if numbered {
+                io::write_atomic(&written, &bytes)?;
+                self.prune();
+            }
+            io::write_atomic(&last, &bytes)?;
         }
-        let bytes = io::to_bytes(
-            &last,
-            &self.checkpoint_tensors(),
-            &self.checkpoint_metadata(),
-        )?;
-        let mut written = last.clone();
-        if numbered {
-            let path = self
-                .out
-                .join(format!("epoch-{:04}.safetensors", self.epoch));
-            io::write_atomic(&path, &bytes)?;
-            self.prune();
-            written = path;
-        }
-        io::write_atomic(&last, &bytes)?;
         self.last_checkpoint = Some(last);
         Ok(written)
     }
