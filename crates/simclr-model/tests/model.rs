@@ -362,17 +362,19 @@ fn gradients_reach_every_parameter_with_the_imagenet_stem() {
     }
 }
 
+/// A tensor's values in f64.
+fn values_f64(t: &Tensor) -> Vec<f64> {
+    t.to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
 /// The largest difference between `a` and `b` relative to `b`'s largest magnitude.
 fn rel_diff(a: &Tensor, b: &Tensor) -> f64 {
-    let f = |t: &Tensor| -> Vec<f64> {
-        t.to_dtype(DType::F64)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap()
-    };
-    let (a, b) = (f(a), f(b));
+    let (a, b) = (values_f64(a), values_f64(b));
     let scale = b.iter().fold(1e-30f64, |m, v| m.max(v.abs()));
     a.iter()
         .zip(&b)
@@ -382,15 +384,7 @@ fn rel_diff(a: &Tensor, b: &Tensor) -> f64 {
 
 /// Cosine similarity of two tensors' values.
 fn cosine(a: &Tensor, b: &Tensor) -> f64 {
-    let f = |t: &Tensor| -> Vec<f64> {
-        t.to_dtype(DType::F64)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap()
-    };
-    let (a, b) = (f(a), f(b));
+    let (a, b) = (values_f64(a), values_f64(b));
     let dot: f64 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
     let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
     dot / (norm(&a) * norm(&b)).max(1e-300)

@@ -10,20 +10,16 @@
 
 use std::time::Instant;
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use simclr_model::{ModelConfig, SimClr};
 use simclr_train::optim::{OptimConfig, OptimizerKind, build};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+#[path = "common/mod.rs"]
+mod common;
+use common::arg;
 
 /// Peak resident set size in MiB (`VmHWM`), Linux only.
 fn peak_rss_mib() -> Option<f64> {
@@ -52,10 +48,7 @@ fn main() -> candle_core::Result<()> {
     let batch: usize = arg(&args, "--batch", 128);
     let size: usize = arg(&args, "--size", 32);
     let (steps, warmup): (usize, usize) = (arg(&args, "--steps", 5), arg(&args, "--warmup", 2));
-    let dev = match arg(&args, "--device", "cpu".to_string()).as_str() {
-        "cpu" => Device::Cpu,
-        _ => Device::new_cuda(0)?,
-    };
+    let dev = common::device(&arg(&args, "--device", "cpu".to_string()))?;
     let precision: simclr_model::Precision = arg(&args, "--precision", "f32".to_string())
         .parse()
         .map_err(candle_core::Error::msg)?;

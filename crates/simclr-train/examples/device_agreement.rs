@@ -13,13 +13,9 @@
 use candle_core::{DType, Device, Tensor};
 use simclr_model::{ModelConfig, Precision, SimClr};
 
-fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+#[path = "common/mod.rs"]
+mod common;
+use common::arg;
 
 /// max |a − b| / max |b|, in f64.
 fn rel_diff(a: &Tensor, b: &Tensor) -> candle_core::Result<f64> {
@@ -39,14 +35,7 @@ fn rel_diff(a: &Tensor, b: &Tensor) -> candle_core::Result<f64> {
 
 fn main() -> candle_core::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let device = match arg(&args, "--device", "cuda".to_string()).as_str() {
-        "cpu" => Device::Cpu,
-        spec => Device::new_cuda(
-            spec.strip_prefix("cuda:")
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(0),
-        )?,
-    };
+    let device = common::device(&arg(&args, "--device", "cuda".to_string()))?;
     let precision: Precision = arg(&args, "--precision", "f32".to_string())
         .parse()
         .map_err(candle_core::Error::msg)?;

@@ -14,11 +14,9 @@
 //! - only rank 0 writes; a 2-rank checkpoint resumed by 1 process continues as 2 ranks would.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use candle_core::{DType, Device, Tensor, Var};
-use simclr_data::{Dataset, InMemoryDataset, Split, sample};
 use simclr_dist::Comm;
 use simclr_model::batchnorm::set_sync_batch_norm;
 use simclr_model::io::SafetensorsFile;
@@ -33,16 +31,8 @@ type Check = Result<(), String>;
 /// Equality is checked where it can be seen, over the first steps.
 const STEPS: u64 = 3;
 
-fn subset(n: usize) -> Arc<dyn Dataset> {
-    let ds = sample::fashion_mnist(Split::Train).unwrap();
-    let (images, labels) = (0..n)
-        .map(|i| {
-            let s = ds.get(i);
-            (s.image, s.label.unwrap())
-        })
-        .unzip();
-    Arc::new(InMemoryDataset::new(images, Some(labels)))
-}
+mod common;
+use common::subset;
 
 fn tiny() -> TrainConfig {
     TrainConfig {

@@ -5,20 +5,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::{Device, Tensor};
-use simclr_data::{Dataset, InMemoryDataset, Split, sample};
+use simclr_data::Dataset;
 use simclr_model::io::SafetensorsFile;
 use simclr_train::{Event, OptimizerKind, Outcome, TrainConfig, TrainError, Trainer};
 
-fn subset(n: usize) -> Arc<dyn Dataset> {
-    let ds = sample::fashion_mnist(Split::Train).unwrap();
-    let (images, labels) = (0..n)
-        .map(|i| {
-            let s = ds.get(i);
-            (s.image, s.label.unwrap())
-        })
-        .unzip();
-    Arc::new(InMemoryDataset::new(images, Some(labels)))
-}
+mod common;
+use common::subset;
 
 /// A tiny ResNet-18 on 16 px views: fast enough for a test, real enough to learn.
 fn tiny(optimizer: OptimizerKind) -> TrainConfig {
@@ -234,6 +226,18 @@ fn checkpoint_holds_every_tensor_and_field() {
     assert_eq!(lines[2]["event"], "epoch");
 }
 
+/// Poisons a weight, as a diverging run would. (The head's last layer: a NaN earlier on is
+/// clamped to 0 by the ReLUs and would only freeze the loss.)
+fn poison(t: &Trainer) {
+    let (_, w) = t
+        .model()
+        .named_vars()
+        .into_iter()
+        .find(|(n, _)| n == "projector.3.weight")
+        .unwrap();
+    w.set(&(w.as_tensor() * f64::NAN).unwrap()).unwrap();
+}
+
 #[test]
 fn a_nan_loss_stops_the_run_and_keeps_the_last_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
@@ -245,15 +249,7 @@ fn a_nan_loss_stops_the_run_and_keeps_the_last_checkpoint() {
     run(&mut t);
     let ckpt = dir.path().join("last.safetensors");
     let before = std::fs::read(&ckpt).unwrap();
-    // Poison a weight, as a diverging run would. (The head's last layer: a NaN earlier on
-    // is clamped to 0 by the ReLUs and would only freeze the loss.)
-    let (_, w) = t
-        .model()
-        .named_vars()
-        .into_iter()
-        .find(|(n, _)| n == "projector.3.weight")
-        .unwrap();
-    w.set(&(w.as_tensor() * f64::NAN).unwrap()).unwrap();
+    poison(&t);
     t.set_max_steps(None);
     let err = t.run(&AtomicBool::new(false), &mut |_| {}).unwrap_err();
     assert!(
@@ -503,13 +499,7 @@ fn a_nan_read_back_late_is_still_reported_at_its_step_and_saves_nothing() {
     run(&mut t);
     let ckpt = dir.path().join("last.safetensors");
     let before = std::fs::read(&ckpt).unwrap();
-    let (_, w) = t
-        .model()
-        .named_vars()
-        .into_iter()
-        .find(|(n, _)| n == "projector.3.weight")
-        .unwrap();
-    w.set(&(w.as_tensor() * f64::NAN).unwrap()).unwrap();
+    poison(&t);
     t.set_max_steps(None);
     // Steps 3 is read back with the epoch's last step (3 steps an epoch), before its
     // checkpoint would be written.
