@@ -34,13 +34,51 @@ fn gunzip_if_needed(path: &Path, raw: Vec<u8>) -> Result<Vec<u8>, DataError> {
     if !raw.starts_with(&GZIP_MAGIC) {
         return Ok(raw);
     }
-    let mut out = Vec::with_capacity(raw.len() * 4);
-    flate2::read::MultiGzDecoder::new(raw.as_slice())
+    let gzip_err = |source| DataError::Gzip {
+        path: path.to_owned(),
+        source,
+    };
+    // The header first: it says how many bytes a well-formed file holds, and only that many
+    // (and the count of any beyond) are decompressed into memory, so that a small crafted
+    // file cannot expand into all of memory. A malformed header is kept as read: the parser
+    // reports it.
+    let mut dec = flate2::read::MultiGzDecoder::new(raw.as_slice());
+    let mut out = Vec::new();
+    (&mut dec).take(4).read_to_end(&mut out).map_err(gzip_err)?;
+    if out.len() < 4 {
+        return Ok(out);
+    }
+    let ndim = u64::from(out[3]);
+    (&mut dec)
+        .take(4 * ndim)
         .read_to_end(&mut out)
-        .map_err(|source| DataError::Gzip {
+        .map_err(gzip_err)?;
+    let header = 4 + 4 * ndim as usize;
+    if out.len() < header {
+        return Ok(out);
+    }
+    let dims: Vec<u64> = out[4..header]
+        .chunks_exact(4)
+        .map(|c| u64::from(u32::from_be_bytes([c[0], c[1], c[2], c[3]])))
+        .collect();
+    let expected = dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d));
+    let Some(expected) = expected.filter(|&n| usize::try_from(n).is_ok()) else {
+        return Ok(out);
+    };
+    (&mut dec)
+        .take(expected)
+        .read_to_end(&mut out)
+        .map_err(gzip_err)?;
+    // Bytes past the declared data make the file malformed: count them without keeping them.
+    let extra = std::io::copy(&mut dec, &mut std::io::sink()).map_err(gzip_err)?;
+    if extra > 0 {
+        return Err(DataError::TrailingData {
             path: path.to_owned(),
-            source,
-        })?;
+            declared: describe(&dims),
+            expected,
+            found: expected.saturating_add(extra),
+        });
+    }
     Ok(out)
 }
 

@@ -205,6 +205,51 @@ fn idx_trailing_data_is_an_error() {
     );
 }
 
+/// The process's peak resident memory in MB (Linux).
+fn peak_rss_mb() -> Option<i64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    Some(line.split_whitespace().nth(1)?.parse::<i64>().ok()? / 1024)
+}
+
+/// A gzip bomb: a few hundred kilobytes that expand to 256 MB past a header declaring 8
+/// bytes. Only the declared bytes are kept (the rest is counted as it streams by), and the
+/// message gives the true size.
+#[test]
+fn idx_gzip_bomb_is_refused_without_inflating_it_into_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    e.write_all(&idx_images(2, 2, 2)).unwrap();
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..256 {
+        e.write_all(&zeros).unwrap();
+    }
+    let bomb = e.finish().unwrap();
+    assert!(bomb.len() < 1 << 20, "{} bytes", bomb.len());
+    write(&dir.path().join("train-images-idx3-ubyte.gz"), &bomb);
+    let peak_before = peak_rss_mb();
+    let err = open(dir.path(), &opts(Split::Train)).unwrap_err();
+    // The other tests of this binary hold a few megabytes at most.
+    if let (Some(before), Some(after)) = (peak_before, peak_rss_mb()) {
+        assert!(
+            after - before < 128,
+            "peak RSS grew from {before} to {after} MB"
+        );
+    }
+    assert!(
+        matches!(
+            err,
+            DataError::TrailingData {
+                expected: 8,
+                found: 268_435_464,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err_text(err).contains("2 images of 2x2"));
+}
+
 #[test]
 fn idx_other_spellings_and_gzip_by_content_not_name() {
     let dir = tempfile::tempdir().unwrap();
