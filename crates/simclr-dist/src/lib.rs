@@ -26,6 +26,10 @@ use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Result, Shape, T
 mod mpi_comm;
 #[cfg(feature = "mpi")]
 pub use mpi_comm::{MpiWorld, finalize_mpi, launched_by_mpirun, mpi_world};
+#[cfg(feature = "nccl")]
+mod nccl_comm;
+#[cfg(feature = "nccl")]
+pub use nccl_comm::{NcclWorld, nccl_world};
 
 /// Why a collective failed.
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +98,34 @@ pub trait Communicator: Send + Sync {
     fn abort(&self, code: i32) -> !;
     /// What this process has sent so far.
     fn traffic(&self) -> Traffic;
+    /// Element-wise sum over ranks of a tensor (of one shape on all ranks), on its device and
+    /// in its dtype. By default through the host (f64 for f64 tensors, else f32); a
+    /// communicator that can reduce device memory directly (NCCL) overrides it.
+    fn all_reduce_sum_tensor(&self, t: &Tensor) -> Result<Tensor> {
+        if t.dtype() == DType::F64 {
+            let mut v = host_f64(t)?;
+            self.all_reduce_sum_f64(&mut v).map_err(dist_err)?;
+            Tensor::from_vec(v, t.shape(), t.device())
+        } else {
+            let mut v = host_f32(t)?;
+            self.all_reduce_sum_f32(&mut v).map_err(dist_err)?;
+            Tensor::from_vec(v, t.shape(), t.device())?.to_dtype(t.dtype())
+        }
+    }
+    /// Every rank's rows of `t` (`[n, D]`, the same on all ranks) in rank order, as a
+    /// `[world · n, D]` tensor of `t`'s dtype on its device. By default through the host, as
+    /// [`Communicator::all_reduce_sum_tensor`].
+    fn all_gather_rows(&self, t: &Tensor) -> Result<Tensor> {
+        let (n, d) = t.dims2()?;
+        let shape = (self.world() * n, d);
+        if t.dtype() == DType::F64 {
+            let v = self.all_gather_f64(&host_f64(t)?).map_err(dist_err)?;
+            Tensor::from_vec(v, shape, t.device())
+        } else {
+            let v = self.all_gather_f32(&host_f32(t)?).map_err(dist_err)?;
+            Tensor::from_vec(v, shape, t.device())?.to_dtype(t.dtype())
+        }
+    }
     /// Whether this is rank 0, the one that writes files and prints progress.
     fn is_primary(&self) -> bool {
         self.rank() == 0
@@ -162,26 +194,13 @@ fn host_f64(t: &Tensor) -> Result<Vec<f64>> {
         .to_vec1()
 }
 
-/// Every rank's rows of `t` in rank order, in f64 for f64 tensors and f32 otherwise, as a
-/// `[world · n, D]` tensor of `t`'s dtype on its device.
-fn gather_rows(comm: &Comm, t: &Tensor) -> Result<Tensor> {
-    let (n, d) = t.dims2()?;
-    let shape = (comm.world() * n, d);
-    let g = if t.dtype() == DType::F64 {
-        let v = comm.all_gather_f64(&host_f64(t)?).map_err(dist_err)?;
-        Tensor::from_vec(v, shape, t.device())?
-    } else {
-        let v = comm.all_gather_f32(&host_f32(t)?).map_err(dist_err)?;
-        Tensor::from_vec(v, shape, t.device())?
-    };
-    g.to_dtype(t.dtype())
-}
-
 /// Every rank's rows of `local`, concatenated in rank order, with the gradient rule of
 /// SimCLR's gathered negatives: the backward sums the incoming gradient over ranks and
 /// returns this rank's block. With one rank it is `local` itself.
 ///
-/// The data travels through the host (f32), so it works on any device.
+/// The data travels through [`Communicator::all_gather_rows`] and, backwards,
+/// [`Communicator::all_reduce_sum_tensor`]: device to device with NCCL, else through the
+/// host, so it works on any device.
 ///
 /// # Shapes
 /// `local`: `[n, D]` (the same on every rank) → `[world · n, D]`.
@@ -190,7 +209,7 @@ pub fn all_gather_with_grad(comm: &Comm, local: &Tensor) -> Result<Tensor> {
         return Ok(local.clone());
     }
     let (n, _) = local.dims2()?;
-    let gathered = gather_rows(comm, local)?;
+    let gathered = comm.all_gather_rows(local)?;
     if !local.track_op() {
         return Ok(gathered);
     }
@@ -249,25 +268,8 @@ impl CustomOp2 for GatherOp {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         // Σ over ranks of each rank's gradient with respect to all keys, then our block.
-        let (_, d) = grad.dims2()?;
-        let (start, len) = (self.comm.rank() * self.rows * d, self.rows * d);
-        let mine = if grad.dtype() == DType::F64 {
-            let mut g = host_f64(grad)?;
-            self.comm.all_reduce_sum_f64(&mut g).map_err(dist_err)?;
-            Tensor::from_vec(
-                g[start..start + len].to_vec(),
-                (self.rows, d),
-                local.device(),
-            )?
-        } else {
-            let mut g = host_f32(grad)?;
-            self.comm.all_reduce_sum_f32(&mut g).map_err(dist_err)?;
-            Tensor::from_vec(
-                g[start..start + len].to_vec(),
-                (self.rows, d),
-                local.device(),
-            )?
-        };
+        let summed = self.comm.all_reduce_sum_tensor(grad)?;
+        let mine = summed.narrow(0, self.comm.rank() * self.rows, self.rows)?;
         Ok((Some(mine.to_dtype(local.dtype())?), None))
     }
 }
@@ -275,22 +277,30 @@ impl CustomOp2 for GatherOp {
 /// The mean over ranks of each tensor, reduced in one flattened buffer (one collective for
 /// all of them), on each tensor's device and in its dtype.
 pub fn all_reduce_mean(comm: &Comm, tensors: &[Tensor]) -> Result<Vec<Tensor>> {
-    if comm.world() == 1 {
+    if comm.world() == 1 || tensors.is_empty() {
         return Ok(tensors.to_vec());
     }
-    let mut flat = Vec::with_capacity(tensors.iter().map(Tensor::elem_count).sum());
-    for t in tensors {
-        flat.extend(host_f32(t)?);
-    }
-    comm.all_reduce_sum_f32(&mut flat).map_err(dist_err)?;
-    let k = 1.0 / comm.world() as f32;
+    // One flat f32 buffer on the first tensor's device (gradients are f32 master copies).
+    let device = tensors[0].device();
+    let flat = Tensor::cat(
+        &tensors
+            .iter()
+            .map(|t| t.to_device(device)?.to_dtype(DType::F32)?.flatten_all())
+            .collect::<Result<Vec<_>>>()?,
+        0,
+    )?;
+    let mean = (comm.all_reduce_sum_tensor(&flat)? * (1.0 / comm.world() as f64))?;
     let mut out = Vec::with_capacity(tensors.len());
     let mut at = 0;
     for t in tensors {
         let len = t.elem_count();
-        let v: Vec<f32> = flat[at..at + len].iter().map(|x| x * k).collect();
+        out.push(
+            mean.narrow(0, at, len)?
+                .reshape(t.shape())?
+                .to_device(t.device())?
+                .to_dtype(t.dtype())?,
+        );
         at += len;
-        out.push(Tensor::from_vec(v, t.shape(), t.device())?.to_dtype(t.dtype())?);
     }
     Ok(out)
 }

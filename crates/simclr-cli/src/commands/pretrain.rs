@@ -475,6 +475,14 @@ fn run_on(args: &PretrainArgs, comm: &simclr_dist::Comm) -> anyhow::Result<()> {
         _ => args.device.clone(),
     };
     let device = device(&spec)?;
+    // Ranks on GPUs reduce device to device with NCCL when built with it (else through the
+    // host, over MPI).
+    #[cfg(feature = "nccl")]
+    let comm = &if world > 1 && device.is_cuda() {
+        simclr_dist::nccl_world(comm, &device).context("cannot start NCCL")?
+    } else {
+        comm.clone()
+    };
     let sync_bn = args.sync_bn.unwrap_or(world > 1) && world > 1;
     if sync_bn && !device.is_cpu() {
         bail!(
