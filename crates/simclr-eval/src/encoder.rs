@@ -146,6 +146,7 @@ impl Encoder {
                 ),
             ));
         }
+        simclr_model::check_file_fits(&config, &file.tensors).map_err(|r| meta_err(path, r))?;
         let model = SimClr::new(&config, device, 0)?;
         let with_head = file.tensors.keys().any(|k| k.starts_with("projector."));
         model

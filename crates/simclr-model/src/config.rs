@@ -203,6 +203,19 @@ impl ModelConfig {
             .unwrap_or_else(|| vec![self.feature_dim()])
     }
 
+    /// A lower bound on the encoder's parameter count, from the configuration alone: one
+    /// `planes × planes` 3×3 convolution per residual block (every block has one, basic and
+    /// bottleneck alike), `None` past `u64`. A file whose tensors hold fewer values cannot be
+    /// weights of this configuration, so loaders refuse it before allocating the model: a
+    /// crafted header cannot make them allocate more than a small multiple of the file's size.
+    pub fn min_encoder_parameters(&self) -> Option<u64> {
+        (0..4).try_fold(0u64, |acc, stage| {
+            let p = self.planes(stage) as u64;
+            let block = p.checked_mul(p)?.checked_mul(9)?;
+            acc.checked_add(block.checked_mul(self.arch.layers()[stage] as u64)?)
+        })
+    }
+
     /// Checks the configuration.
     pub fn validate(&self) -> Result<(), String> {
         if !(self.width.is_finite() && self.width > 0.0 && self.planes(0) >= 1) {

@@ -49,6 +49,25 @@ pub struct SimClr {
     precision: Precision,
 }
 
+/// Whether `tensors` (a file's) hold enough values to be weights of `config`, checked before
+/// the model is allocated: the metadata of a crafted or mismatched file may name a model far
+/// larger than the file (see [`ModelConfig::min_encoder_parameters`]). The error says both.
+pub fn check_file_fits(
+    config: &ModelConfig,
+    tensors: &HashMap<String, Tensor>,
+) -> std::result::Result<(), String> {
+    let held: u64 = tensors.values().map(|t| t.elem_count() as u64).sum();
+    match config.min_encoder_parameters() {
+        Some(need) if need <= held => Ok(()),
+        need => Err(format!(
+            "its metadata names a model ({}) of at least {} parameters, but its tensors hold \
+             {held} values: the file is not weights of that model",
+            config.describe(),
+            need.map_or_else(|| "2^64".into(), |n| n.to_string())
+        )),
+    }
+}
+
 impl SimClr {
     /// Builds the model with torchvision's initialisation drawn from a generator seeded with
     /// `seed` (candle cannot seed its CPU generator): convolutions Kaiming-normal (fan out,

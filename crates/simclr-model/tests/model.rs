@@ -460,3 +460,42 @@ fn half_precision_activations_follow_f32_and_keep_f32_weights() {
         assert_eq!(v.dtype(), DType::F32, "{name} stays f32");
     }
 }
+
+/// The bound loaders check before allocating a model never refuses real weights (it is at
+/// most the true count) and is tight enough to matter (within 5×); a file too small for the
+/// model its metadata names is refused by [`simclr_model::check_file_fits`].
+#[test]
+fn parameter_bound_is_below_the_true_count_and_refuses_small_files() {
+    let dev = Device::Cpu;
+    for arch in [Arch::Resnet18, Arch::Resnet34, Arch::Resnet50] {
+        for stem in [Stem::Cifar, Stem::Imagenet] {
+            for width in [0.0625, 0.25] {
+                let c = cfg(arch, stem, width, 3);
+                let model = SimClr::new(&c, &dev, 0).unwrap();
+                let actual = model.num_params(true) as u64;
+                let bound = c.min_encoder_parameters().unwrap();
+                assert!(bound <= actual, "{}: {bound} > {actual}", c.describe());
+                assert!(5 * bound >= actual, "{}: {bound} vs {actual}", c.describe());
+                let tensors: HashMap<String, Tensor> = model
+                    .named_vars()
+                    .into_iter()
+                    .map(|(n, v)| (n, v.as_tensor().clone()))
+                    .collect();
+                simclr_model::check_file_fits(&c, &tensors).unwrap();
+            }
+        }
+    }
+    let small: HashMap<String, Tensor> = [(
+        "conv1.weight".to_string(),
+        Tensor::zeros(64, DType::F32, &dev).unwrap(),
+    )]
+    .into();
+    let huge = cfg(Arch::Resnet50, Stem::Imagenet, 1e4, 3);
+    let err = simclr_model::check_file_fits(&huge, &small).unwrap_err();
+    assert!(err.contains("tensors hold 64 values"), "{err}");
+    assert!(
+        cfg(Arch::Resnet50, Stem::Cifar, 1e15, 3)
+            .min_encoder_parameters()
+            .is_none()
+    );
+}

@@ -121,6 +121,10 @@ impl Default for TrainConfig {
     }
 }
 
+/// The largest `--image-size`: views of 4096² pixels are far past any ResNet recipe, and a
+/// bound keeps a crafted checkpoint from asking for views that fill memory.
+pub const MAX_IMAGE_SIZE: u32 = 4096;
+
 impl TrainConfig {
     /// Checks every option's range; the message names the option as a flag.
     pub fn validate(&self) -> Result<(), String> {
@@ -169,9 +173,9 @@ impl TrainConfig {
         if self.max_steps == Some(0) {
             return Err("--max-steps must be at least 1".into());
         }
-        if self.image_size < 8 {
+        if !(8..=MAX_IMAGE_SIZE).contains(&self.image_size) {
             return Err(format!(
-                "--image-size must be at least 8, got {}",
+                "--image-size must be in 8..={MAX_IMAGE_SIZE}, got {}",
                 self.image_size
             ));
         }

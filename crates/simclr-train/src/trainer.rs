@@ -335,6 +335,7 @@ impl Trainer {
         };
         let (epoch, step_in_epoch) = (number("epoch")?, number("step_in_epoch")?);
         let optimizer_steps = number("optimizer_steps")?;
+        simclr_model::check_file_fits(&config.model(1), &file.tensors).map_err(meta_err)?;
         let mut trainer = Self::build(comm, config, dataset, out, device)?;
         let misfit = |source| TrainError::Checkpoint {
             path: checkpoint.to_owned(),
