@@ -156,3 +156,38 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::AugmentPreview(args) => commands::augment_preview::run(&args),
     }
 }
+
+/// `err` and its causes as one line, "outer: cause: root cause", as `{err:#}` prints them but
+/// without a cause that its parent's message already ends with (some library errors, the
+/// safetensors crate's among them, print their source themselves).
+pub fn error_chain(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if line.ends_with(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn error_chain_drops_a_cause_its_parent_already_printed() {
+        let root = anyhow::anyhow!("expected a string");
+        let err = root
+            .context("invalid JSON: expected a string")
+            .context("`f` is corrupt");
+        assert_eq!(
+            super::error_chain(&err),
+            "`f` is corrupt: invalid JSON: expected a string"
+        );
+        let plain = anyhow::anyhow!("b").context("a");
+        assert_eq!(super::error_chain(&plain), format!("{plain:#}"));
+    }
+}

@@ -23,7 +23,7 @@ fn main() -> ExitCode {
         // The checkpoint is saved and the summary printed: only the status is left to give.
         Err(err) if err.is::<simclr_cli::Interrupted>() => ExitCode::from(130),
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", simclr_cli::error_chain(&err));
             ExitCode::FAILURE
         }
     }

@@ -454,7 +454,8 @@ pub fn run(args: &PretrainArgs) -> anyhow::Result<()> {
     if comm.world() > 1 {
         match &result {
             Err(e) if !e.is::<crate::Interrupted>() => {
-                eprintln!("error on rank {} of {}: {e:#}", comm.rank(), comm.world());
+                let (rank, world) = (comm.rank(), comm.world());
+                eprintln!("error on rank {rank} of {world}: {}", crate::error_chain(e));
                 comm.abort(1);
             }
             _ => {
@@ -532,6 +533,14 @@ fn run_on(args: &PretrainArgs, comm: &simclr_dist::Comm) -> anyhow::Result<()> {
                     .map_or_else(|| PathBuf::from("."), Path::to_owned),
             };
             let header = simclr_model::io::SafetensorsFile::load_metadata(&ckpt)?;
+            let format = header.meta("format")?;
+            if format != simclr_model::io::CHECKPOINT_FORMAT {
+                bail!(
+                    "`{}` is a `{format}` file, not a training checkpoint; --resume takes the \
+                     `last.safetensors` (or a numbered checkpoint) of a run directory",
+                    ckpt.display()
+                );
+            }
             let saved: TrainConfig = serde_json::from_str(header.meta("config")?)
                 .with_context(|| format!("`{}`: unreadable run config", ckpt.display()))?;
             let changed = args.differences_on_resume(&saved)?;
