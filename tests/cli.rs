@@ -388,10 +388,28 @@ fn pretrain_monitors_knn_accuracy_at_epoch_ends() {
             (0.0..=1.0).contains(&acc) && ((acc * 10.0).round() - acc * 10.0).abs() < 1e-9,
             "{e}"
         );
-        assert!(e["knn_s"].as_f64().unwrap() >= 0.0, "{e}");
+        assert!(e["knn_s"].as_f64().unwrap() > 0.0, "{e}");
     }
-    // Dim discs against bright rings: neighbours of the right class win.
-    assert!(epochs[1]["knn_top1"].as_f64().unwrap() >= 0.9, "{metrics}");
+    // The reading after the last epoch is what `simclr knn` measures on the final checkpoint
+    // with the same data (the monitor's 100 images hold the whole of both splits here).
+    let out = simclr(
+        &["knn", "--checkpoint", "run", "--data", "data", "--json"],
+        dir.path(),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let standalone: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (
+            standalone["train_images"].as_u64(),
+            standalone["test_images"].as_u64()
+        ),
+        (Some(32), Some(10))
+    );
+    assert_eq!(
+        epochs[1]["knn_top1"].as_f64(),
+        standalone["knn_top1"].as_f64(),
+        "{metrics}"
+    );
 
     // The monitor's needs are checked before any training.
     std::fs::remove_dir_all(dir.path().join("data/test")).unwrap();
@@ -579,6 +597,36 @@ fn export_inspect_embed_and_evaluate_a_pretrained_encoder() {
     assert_eq!(npy.len(), 10 + header_len + 4000 * 64 * 4);
     assert!(dir.path().join("e.index.csv").is_file());
 
+    // The train split's features from e.npy (labels in e.index.csv), the test split's from
+    // e.csv (index, label, path, then the values).
+    let train_x: Vec<f32> = npy[10 + header_len..]
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    let index = std::fs::read_to_string(dir.path().join("e.index.csv")).unwrap();
+    let train_y: Vec<u32> = index
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(1).unwrap().parse().unwrap())
+        .collect();
+    let (mut test_x, mut test_y) = (Vec::new(), Vec::new());
+    for l in &lines[1..] {
+        let fields: Vec<&str> = l.split(',').collect();
+        test_y.push(fields[1].parse::<u32>().unwrap());
+        test_x.extend(fields[3..].iter().map(|v| v.parse::<f32>().unwrap()));
+    }
+    let feats = |d| simclr_eval::Features { data: d, dim: 64 };
+    let expected = simclr_eval::knn(
+        feats(&train_x),
+        &train_y,
+        feats(&test_x),
+        &test_y,
+        10,
+        simclr_eval::DEFAULT_K,
+        simclr_eval::DEFAULT_TEMPERATURE,
+    )
+    .unwrap();
+    let (mut knn_top1, mut probe_top1) = (f64::NAN, f64::NAN);
     for (cmd, key) in [("linear-probe", "top1"), ("knn", "knn_top1")] {
         let out = simclr(
             &[
@@ -594,10 +642,34 @@ fn export_inspect_embed_and_evaluate_a_pretrained_encoder() {
         assert!(out.status.success(), "{cmd}: {}", stderr(&out));
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         let acc = v[key].as_f64().unwrap();
-        // Ten classes: even a barely trained encoder is far above chance.
-        assert!(acc > 0.3 && acc <= 1.0, "{cmd}: {v}");
+        // That pretraining beats a random encoder is
+        // `pretraining_beats_random_encoders_on_knn_for_every_seed`; here, that the commands
+        // evaluate the features `embed` writes (kNN recomputed from them below).
+        assert!((0.0..=1.0).contains(&acc), "{cmd}: {v}");
         assert_eq!(v["test_images"], 1000);
+        if cmd == "knn" {
+            knn_top1 = acc;
+        } else {
+            probe_top1 = acc;
+        }
     }
+    assert_eq!(
+        knn_top1, expected,
+        "simclr knn against kNN on the embedded features"
+    );
+    let probe = simclr_eval::linear_probe(
+        feats(&train_x),
+        &train_y,
+        feats(&test_x),
+        &test_y,
+        10,
+        &simclr_eval::ProbeConfig::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        probe_top1, probe.top1,
+        "simclr linear-probe against the library's probe"
+    );
     assert_eq!(
         std::fs::read_dir(dir.path().join("cache")).unwrap().count(),
         2,
@@ -648,4 +720,58 @@ fn weights_commands_reject_bad_files_clearly() {
         stderr(&out)
     );
     assert!(!dir.path().join("x.safetensors").exists());
+}
+
+/// Three epochs of pretraining on the bundled sample (1/16-width ResNet-18, 16 px views) beat
+/// randomly initialised encoders of the same architecture on kNN, for every seed. Measured
+/// when this test was written (2 threads): trained 0.602 / 0.611 / 0.662 for seeds 0 / 1 / 2
+/// against random encoders of the same seeds at 0.557 / 0.560 / 0.583 (margins 4.5–7.9
+/// points; one point is 10 of the 1000 test images, and the standard error of each accuracy
+/// is about 1.5 points).
+#[test]
+fn pretraining_beats_random_encoders_on_knn_for_every_seed() {
+    let dir = tempfile::tempdir().unwrap();
+    let knn = |args: &[&str]| -> f64 {
+        let mut all = vec!["knn", "--json"];
+        all.extend(args);
+        let out = simclr(&all, dir.path());
+        assert!(out.status.success(), "{all:?}: {}", stderr(&out));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["knn_top1"].as_f64().unwrap()
+    };
+    let mut margins = Vec::new();
+    for seed in ["0", "1", "2"] {
+        let run = format!("run{seed}");
+        let out = simclr(
+            &[
+                "pretrain",
+                "--width",
+                "0.0625",
+                "--image-size",
+                "16",
+                "--batch-size",
+                "128",
+                "--proj-dim",
+                "32",
+                "--epochs",
+                "3",
+                "--seed",
+                seed,
+                "--out",
+                &run,
+                "--quiet",
+            ],
+            dir.path(),
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+        let trained = knn(&["--checkpoint", &run]);
+        let random = knn(&["--checkpoint", &run, "--random-init", "--init-seed", seed]);
+        eprintln!("seed {seed}: trained {trained:.3}, random {random:.3}");
+        margins.push(trained - random);
+    }
+    let worst = margins.iter().copied().fold(f64::INFINITY, f64::min);
+    assert!(
+        worst >= 0.03,
+        "kNN margins over random encoders: {margins:?}"
+    );
 }

@@ -242,7 +242,17 @@ impl LinearProbe {
         Ok(Tensor::from_vec(data, (x.rows(), self.dim), device)?)
     }
 
-    /// Class scores (logits), row-major `rows × classes`.
+    /// ‖W‖, the Frobenius norm of the weights (on standardised features; biases excluded):
+    /// what the L2 penalty shrinks.
+    pub fn weight_norm(&self) -> f64 {
+        self.params[..self.dim * self.classes]
+            .iter()
+            .map(|&w| f64::from(w) * f64::from(w))
+            .sum::<f64>()
+            .sqrt()
+    }
+
+    /// Class scores (logits) of every row of `x`, row-major `[rows, classes]`.
     pub fn scores(&self, x: Features<'_>) -> Result<Vec<f32>, EvalError> {
         if x.dim != self.dim {
             return Err(EvalError::Shape(format!(

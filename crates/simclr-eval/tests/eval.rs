@@ -2,7 +2,7 @@
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use simclr_eval::{Features, ProbeConfig, knn, linear_probe, top_k_accuracy};
+use simclr_eval::{Features, LinearProbe, ProbeConfig, knn, linear_probe, top_k_accuracy};
 
 /// `n` points per class around `classes` well-separated centres in `dim` dimensions.
 fn blobs(n: usize, classes: usize, dim: usize, spread: f32, seed: u64) -> (Vec<f32>, Vec<u32>) {
@@ -62,6 +62,61 @@ fn linear_probe_beats_chance_on_noisy_xor_free_data_and_regularises() {
     .unwrap();
     assert!(r.top1 > 0.6 && r.top1 < 1.0, "{r:?}");
     assert_eq!(r.top5, None, "no top-5 with 4 classes");
+
+    // More dimensions than points: one informative feature and 59 of noise, 15 points a
+    // class. A nearly unpenalised fit memorises the training set with large weights; the
+    // penalty shrinks them, and the held-out slice picks a strength that does not overfit.
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let mut noisy = |n: usize| {
+        let (mut x, mut y) = (Vec::new(), Vec::new());
+        for i in 0..n {
+            let c = (i % 2) as u32;
+            x.push(if c == 1 { 1.0 } else { -1.0 } + rng.random::<f32>() - 0.5);
+            x.extend((0..59).map(|_| 4.0 * (rng.random::<f32>() - 0.5)));
+            y.push(c);
+        }
+        (x, y)
+    };
+    let (tx, ty) = noisy(30);
+    let (vx, vy) = noisy(400);
+    fn f(d: &[f32]) -> Features<'_> {
+        Features { data: d, dim: 60 }
+    }
+    let fit = |l2: f64| LinearProbe::fit(f(&tx), &ty, 2, l2, 300).unwrap();
+    let (loose, tight) = (fit(1e-6), fit(1.0));
+    assert_eq!(loose.accuracy(f(&tx), &ty, 1).unwrap(), 1.0, "memorised");
+    assert!(
+        tight.weight_norm() < 0.1 * loose.weight_norm(),
+        "‖W‖ {} with l2 1 against {} with l2 1e-6",
+        tight.weight_norm(),
+        loose.weight_norm()
+    );
+    let (acc_loose, acc_tight) = (
+        loose.accuracy(f(&vx), &vy, 1).unwrap(),
+        tight.accuracy(f(&vx), &vy, 1).unwrap(),
+    );
+    assert!(
+        acc_tight > acc_loose,
+        "test {acc_tight} (l2 1) vs {acc_loose} (l2 1e-6)"
+    );
+    // The probe keeps the strength with the best held-out accuracy (ties to the stronger),
+    // and reports the test accuracy of that strength refitted on all the training rows.
+    let config = ProbeConfig {
+        l2_grid: vec![1e-6, 1e-2, 1.0],
+        val_fraction: 0.3,
+        ..ProbeConfig::default()
+    };
+    let r = linear_probe(f(&tx), &ty, f(&vx), &vy, 2, &config).unwrap();
+    let best = r.val_top1.iter().map(|&(_, a)| a).fold(f64::MIN, f64::max);
+    let strongest_best = r
+        .val_top1
+        .iter()
+        .rev()
+        .find(|&&(_, a)| a == best)
+        .unwrap()
+        .0;
+    assert_eq!(r.l2, strongest_best, "{r:?}");
+    assert_eq!(r.top1, fit(r.l2).accuracy(f(&vx), &vy, 1).unwrap());
 }
 
 #[test]

@@ -35,6 +35,14 @@ pub struct EvalArgs {
     /// baseline that pretraining must beat).
     #[arg(long)]
     pub random_init: bool,
+    /// Seed of the random initialisation of `--random-init`.
+    #[arg(
+        long,
+        value_name = "SEED",
+        default_value_t = 0,
+        requires = "random_init"
+    )]
+    pub init_seed: u64,
     /// Keep the extracted features here and reuse them while the weights and data are
     /// unchanged.
     #[arg(long, value_name = "DIR")]
@@ -113,6 +121,9 @@ impl Extracted {
         let mut v = fields;
         v["checkpoint"] = self.weights.display().to_string().into();
         v["random_init"] = args.random_init.into();
+        if args.random_init {
+            v["init_seed"] = args.init_seed.into();
+        }
         v["data"] = data_name(args).into();
         v["train_images"] = self.train.labels.len().into();
         v["test_images"] = self.test.labels.len().into();
@@ -125,7 +136,7 @@ fn load_encoder(args: &EvalArgs, dev: &Device) -> anyhow::Result<(Encoder, PathB
     let path = checkpoint_path(&args.checkpoint);
     let mut encoder = Encoder::from_safetensors(&path, dev)?;
     if args.random_init {
-        let model = SimClr::new(encoder.config(), dev, 0)?;
+        let model = SimClr::new(encoder.config(), dev, args.init_seed)?;
         let p = encoder.preprocess();
         encoder = Encoder::new(model, p.height, p.mean.clone(), p.std.clone());
     }
@@ -199,7 +210,7 @@ fn cached_features(
         "weights": std::fs::canonicalize(weights)?.display().to_string(),
         "size": stat.len(),
         "modified": stat.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_nanos().to_string()),
-        "random_init": args.random_init,
+        "random_init": args.random_init.then_some(args.init_seed),
         "data": args.data.as_ref().map(|p| p.display().to_string()),
         "format": args.format.map(|f| f.to_string()),
         "split": split.to_string(),
