@@ -163,6 +163,21 @@ fn weights_files_that_are_not_ours_or_lie_about_their_contents() {
         eprintln!("case: {what}");
         refused(&[("w.safetensors", bytes.clone())], EMBED, message);
     }
+    // Our metadata, from real exported weights, over tensors of another model.
+    let meta = simclr_model::io::SafetensorsFile::load_metadata(&seed(
+        "weights",
+        "resnet18-w64.safetensors",
+    ))
+    .unwrap()
+    .metadata;
+    let w = candle_core::Tensor::zeros(4096, candle_core::DType::F32, &candle_core::Device::Cpu)
+        .unwrap();
+    let bytes = simclr_model::io::to_bytes(Path::new("w"), &[("w".into(), w)], &meta).unwrap();
+    refused(
+        &[("w.safetensors", bytes)],
+        EMBED,
+        "`w.safetensors` does not fit the model its metadata names: 100 tensors of this model (resnet18, cifar stem, width 0.015625, 1 channel) are missing, first `bn1.bias`",
+    );
     // --resume reads the header alone first: the same files are refused there too.
     refused(
         &[("run/last.safetensors", one_tensor(r#""format":"pt""#))],

@@ -151,7 +151,10 @@ impl Encoder {
         let with_head = file.tensors.keys().any(|k| k.starts_with("projector."));
         model
             .load_tensors(&file.tensors, with_head)
-            .map_err(|e| meta_err(path, e.to_string()))?;
+            .map_err(|source| EvalError::Misfit {
+                path: path.to_owned(),
+                source,
+            })?;
         let mut encoder = Self::new(model, image_size, mean, std);
         encoder.metadata = file.metadata;
         Ok(encoder)

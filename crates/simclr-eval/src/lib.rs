@@ -32,6 +32,15 @@ pub enum EvalError {
     /// A weights file could not be read or written.
     #[error(transparent)]
     Weights(#[from] simclr_model::io::IoError),
+    /// A weights file's tensors do not fit the model its metadata names.
+    #[error("`{}` does not fit the model its metadata names", path.display())]
+    Misfit {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What did not fit (a missing tensor, a shape).
+        #[source]
+        source: candle_core::Error,
+    },
     /// Images could not be preprocessed.
     #[error(transparent)]
     Augment(#[from] simclr_augment::AugmentError),
