@@ -153,7 +153,7 @@ impl Encoder {
             .load_tensors(&file.tensors, with_head)
             .map_err(|source| EvalError::Misfit {
                 path: path.to_owned(),
-                source,
+                source: Box::new(source),
             })?;
         let mut encoder = Self::new(model, image_size, mean, std);
         encoder.metadata = file.metadata;

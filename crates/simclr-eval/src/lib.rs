@@ -39,7 +39,7 @@ pub enum EvalError {
         path: std::path::PathBuf,
         /// What did not fit (a missing tensor, a shape).
         #[source]
-        source: candle_core::Error,
+        source: Box<candle_core::Error>,
     },
     /// Images could not be preprocessed.
     #[error(transparent)]
