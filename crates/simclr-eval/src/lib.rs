@@ -1,4 +1,4 @@
-//! Evaluation of frozen representations, the two standard ways:
+//! Evaluation of frozen representations, the two standard ways, and retrieval:
 //!
 //! - [`linear_probe`]: the linear-evaluation protocol of SimCLR (Chen et al. 2020, §B.6):
 //!   a multinomial logistic regression on frozen features, fitted with L-BFGS, its L2 strength
@@ -6,6 +6,8 @@
 //! - [`knn`]: weighted k-nearest-neighbour accuracy (Wu et al. 2018, as solo-learn computes
 //!   it): cosine similarity, the `k` most similar training features vote with weight
 //!   `exp(sim / τ)`.
+//! - [`Index`]: exact cosine top-k search over a gallery of embeddings, streamed in blocks,
+//!   and [`retrieval_metrics`] (recall@k, mAP@R) on labelled queries.
 //!
 //! Features are row-major `f32` matrices ([`Features`]); the heavy products run on candle's
 //! `gemm`.
@@ -13,10 +15,12 @@
 #![forbid(unsafe_code)]
 
 mod encoder;
+mod index;
 mod knn;
 mod logreg;
 
 pub use crate::encoder::{Encoder, embed_items, embed_with};
+pub use crate::index::{Hit, Index, RetrievalReport, retrieval_metrics};
 pub use crate::knn::{DEFAULT_K, DEFAULT_TEMPERATURE, knn};
 pub use crate::logreg::{LinearProbe, ProbeConfig, ProbeReport, linear_probe};
 
