@@ -775,3 +775,191 @@ fn pretraining_beats_random_encoders_on_knn_for_every_seed() {
         "kNN margins over random encoders: {margins:?}"
     );
 }
+
+/// `simclr neighbors`: hits equal a brute-force cosine search over the features `embed`
+/// writes; the JSONL, the grid, an embedded gallery reused, the metrics, and the refusals.
+#[test]
+fn neighbors_finds_the_nearest_images_draws_them_and_measures_retrieval() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = TINY.to_vec();
+    args.extend(["--out", "run", "--max-steps", "2"]);
+    assert!(simclr(&args, dir.path()).status.success());
+    let ok = |args: &[&str]| {
+        let out = simclr(args, dir.path());
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        out
+    };
+    ok(&["export", "--checkpoint", "run", "--out", "enc.safetensors"]);
+    ok(&[
+        "embed",
+        "--weights",
+        "enc.safetensors",
+        "--out",
+        "train.npy",
+    ]);
+    ok(&[
+        "embed",
+        "--weights",
+        "enc.safetensors",
+        "--split",
+        "test",
+        "--out",
+        "test.csv",
+    ]);
+    ok(&[
+        "neighbors",
+        "--weights",
+        "enc.safetensors",
+        "--k",
+        "5",
+        "--max-queries",
+        "20",
+        "--out",
+        "hits.jsonl",
+        "--grid",
+        "hits.png",
+        "--grid-rows",
+        "3",
+    ]);
+
+    // Brute force from the embedded features.
+    let npy = std::fs::read(dir.path().join("train.npy")).unwrap();
+    let header_len = u16::from_le_bytes([npy[8], npy[9]]) as usize;
+    let train: Vec<f32> = npy[10 + header_len..]
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    let test_csv = std::fs::read_to_string(dir.path().join("test.csv")).unwrap();
+    let hits = std::fs::read_to_string(dir.path().join("hits.jsonl")).unwrap();
+    let hits: Vec<serde_json::Value> = hits
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(hits.len(), 20 * 5);
+    let cos = |a: &[f32], b: &[f32]| {
+        let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+        let n = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        dot / (n(a) * n(b))
+    };
+    for (q, line) in test_csv.lines().skip(1).take(20).enumerate() {
+        let fields: Vec<&str> = line.split(',').collect();
+        let query: Vec<f32> = fields[3..].iter().map(|v| v.parse().unwrap()).collect();
+        let mut all: Vec<(f32, usize)> = train
+            .chunks_exact(64)
+            .enumerate()
+            .map(|(i, row)| (cos(&query, row), i))
+            .collect();
+        all.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        let mine: Vec<&serde_json::Value> = hits.iter().filter(|h| h["query"] == q).collect();
+        for (rank, (h, want)) in mine.iter().zip(&all).enumerate() {
+            assert_eq!(h["rank"], rank + 1);
+            assert_eq!(h["query_label"].as_u64(), Some(fields[1].parse().unwrap()));
+            let sim = h["similarity"].as_f64().unwrap() as f32;
+            assert!(
+                (sim - want.0).abs() < 1e-4,
+                "query {q} rank {rank}: {h} vs {want:?}"
+            );
+            // Ties within float error may swap places; otherwise the same image.
+            if (all[rank + 1].0 - want.0).abs() > 1e-4
+                && (rank == 0 || (all[rank - 1].0 - want.0).abs() > 1e-4)
+            {
+                assert_eq!(h["gallery_index"], want.1, "query {q} rank {rank}");
+            }
+        }
+    }
+    let png = image::open(dir.path().join("hits.png")).unwrap();
+    assert_eq!((png.width(), png.height()), (6 + 6 * 70 + 6, 6 + 3 * 96));
+
+    // The gallery embedded once and reused: the same metrics as embedding it again.
+    ok(&[
+        "embed",
+        "--weights",
+        "enc.safetensors",
+        "--out",
+        "gallery.safetensors",
+    ]);
+    let metrics = |args: &[&str]| -> serde_json::Value {
+        let mut all = vec![
+            "neighbors",
+            "--weights",
+            "enc.safetensors",
+            "--eval",
+            "--json",
+        ];
+        all.extend(args);
+        serde_json::from_slice(&ok(&all).stdout).unwrap()
+    };
+    let fresh = metrics(&[]);
+    let reused = metrics(&["--gallery", "gallery.safetensors"]);
+    for key in ["recall@1", "recall@5", "recall@10", "map_at_r"] {
+        let (a, b) = (fresh[key].as_f64().unwrap(), reused[key].as_f64().unwrap());
+        assert!(
+            (a - b).abs() < 1e-9 && (0.0..=1.0).contains(&a),
+            "{key}: {a} vs {b}"
+        );
+    }
+    assert!(fresh["recall@10"].as_f64() >= fresh["recall@1"].as_f64());
+    assert_eq!(fresh["query_images"], 1000);
+    assert_eq!(fresh["same_set"], false);
+    // Gallery against itself: each image is left out of its own hits.
+    let own = metrics(&[
+        "--gallery",
+        "gallery.safetensors",
+        "--query",
+        "gallery.safetensors",
+    ]);
+    assert_eq!(own["same_set"], true);
+    assert!(own["recall@1"].as_f64().unwrap() < 1.0, "{own}");
+
+    // The checkpoint holds the same encoder as its export; another run's does not.
+    ok(&[
+        "neighbors",
+        "--weights",
+        "run/last.safetensors",
+        "--gallery",
+        "gallery.safetensors",
+        "--max-queries",
+        "1",
+    ]);
+    let mut other = TINY.to_vec();
+    other.extend(["--out", "other", "--max-steps", "1", "--seed", "1"]);
+    ok(&other);
+    for (args, message) in [
+        (
+            &["neighbors", "--weights", "enc.safetensors", "--k", "0"][..],
+            "--k must be at least 1",
+        ),
+        (
+            &[
+                "neighbors",
+                "--weights",
+                "other/last.safetensors",
+                "--gallery",
+                "gallery.safetensors",
+            ][..],
+            "was embedded by another encoder",
+        ),
+        (
+            &["neighbors", "--gallery", "enc.safetensors"][..],
+            "is not an embeddings file of `simclr embed`",
+        ),
+        (
+            &["neighbors", "--query", "x.png", "y.png"][..],
+            "each must be an image file",
+        ),
+        (
+            &[
+                "neighbors",
+                "--weights",
+                "enc.safetensors",
+                "--out",
+                "hits.txt",
+            ][..],
+            "use .jsonl or .csv",
+        ),
+    ] {
+        let out = simclr(args, dir.path());
+        assert!(!out.status.success(), "{args:?}");
+        assert!(stderr(&out).contains(message), "{args:?}: {}", stderr(&out));
+    }
+}

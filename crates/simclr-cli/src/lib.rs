@@ -17,6 +17,7 @@ impl Cli {
             Command::LinearProbe(a) => a.eval.threads,
             Command::Knn(a) => a.eval.threads,
             Command::Embed(a) => a.threads,
+            Command::Neighbors(a) => a.threads,
             _ => None,
         }
     }
@@ -63,6 +64,9 @@ pub enum Command {
     /// Representations of every image of a dataset or folder, in order, to .safetensors,
     /// .npy or .csv.
     Embed(commands::weights::EmbedArgs),
+    /// Image retrieval: every query's nearest gallery images by cosine similarity of their
+    /// representations, as JSONL/CSV, a PNG grid of the hits, and recall@k / mAP@R.
+    Neighbors(Box<commands::neighbors::NeighborsArgs>),
     /// Draw the loss and accuracy curves of a run (from its metrics.jsonl) as a PNG.
     Plot(commands::plot::PlotArgs),
     /// Metadata and tensor table of a safetensors file (checkpoint or exported weights).
@@ -152,6 +156,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Export(args) => commands::weights::export(&args),
         Command::Embed(args) => commands::weights::embed(&args),
         Command::Inspect(args) => commands::weights::inspect(&args),
+        Command::Neighbors(args) => commands::neighbors::run(&args),
         Command::Plot(args) => commands::plot::run(&args),
         Command::AugmentPreview(args) => commands::augment_preview::run(&args),
     }

@@ -201,7 +201,8 @@ pub struct RetrievalReport {
 }
 
 /// Recall@k for every `k` in `ks` and mAP@R of `queries` against `index`. With `same_set`
-/// (queries and gallery are one set, row for row), each query's own row is excluded.
+/// (query `q` is gallery row `q`: one set, or its first rows), each query's own row is
+/// excluded.
 ///
 /// # Errors
 /// Labels that do not match the rows, shapes that disagree, or no query with a same-label
@@ -228,9 +229,9 @@ pub fn retrieval_metrics(
             queries.data.len() / queries.dim.max(1)
         )));
     }
-    if same_set && query_labels.len() != index.len() {
+    if same_set && query_labels.len() > index.len() {
         return Err(EvalError::Shape(
-            "queries and gallery are one set but differ in size".into(),
+            "queries and gallery are one set, but there are more queries than gallery rows".into(),
         ));
     }
     let classes = gallery_labels.iter().max().map_or(0, |&m| m as usize + 1);

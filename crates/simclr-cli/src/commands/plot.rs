@@ -8,7 +8,7 @@ use plotters::prelude::*;
 use plotters::style::{FontStyle, register_font};
 
 /// DejaVu Sans Mono (see assets/fonts/DejaVu-LICENSE), so the plot needs no system fonts.
-const FONT: &[u8] = include_bytes!("../../../../assets/fonts/DejaVuSansMono.ttf");
+pub const FONT: &[u8] = include_bytes!("../../../../assets/fonts/DejaVuSansMono.ttf");
 
 /// Options of `simclr plot`.
 #[derive(Debug, Args)]

@@ -1,5 +1,6 @@
 //! `simclr export`, `simclr inspect` and `simclr embed`: taking the weights elsewhere.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -106,6 +107,36 @@ pub fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The `format` of the `.safetensors` files `simclr embed` writes (`simclr neighbors
+/// --gallery` reads them back).
+pub const EMBEDDINGS_FORMAT: &str = "simclr-rs/embeddings/1";
+
+/// A hash of the encoder's weights (FNV-1a, 64 bits, as hex, over its tensors by name; the
+/// head left out): which encoder made some embeddings, the same for a checkpoint and the
+/// weights exported from it.
+pub fn encoder_hash(encoder: &Encoder) -> anyhow::Result<String> {
+    let mut vars = encoder.model().named_vars();
+    vars.retain(|(name, _)| !name.starts_with("projector."));
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    let mut eat = |bytes: &[u8]| {
+        for &b in bytes {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    for (name, var) in vars {
+        eat(name.as_bytes());
+        let values = var
+            .as_tensor()
+            .to_dtype(candle_core::DType::F32)?
+            .flatten_all()?;
+        for v in values.to_vec1::<f32>()? {
+            eat(&v.to_le_bytes());
+        }
+    }
+    Ok(format!("{h:016x}"))
+}
+
 /// Options of `simclr embed`.
 #[derive(Debug, Args)]
 pub struct EmbedArgs {
@@ -141,14 +172,28 @@ pub fn embed(args: &EmbedArgs) -> anyhow::Result<()> {
             args.out.display()
         )
     };
-    let encoder = Encoder::from_safetensors(&args.weights, &dev)?;
+    let weights = checkpoint_path(&args.weights);
+    let encoder = Encoder::from_safetensors(&weights, &dev)?;
     let ds = args.data.open()?;
     check_channels(&encoder, &ds)?;
     let bar = crate::progress_bar(ds.len() as u64, "embedding");
     let h = encoder.embed_dataset(&ds, &mut |done| bar.set_position(done as u64))?;
     bar.finish_and_clear();
     let dim = encoder.feature_dim();
-    write_embeddings(&args.out, ext, &h, dim, &ds)?;
+    let source = BTreeMap::from([
+        ("format".to_string(), EMBEDDINGS_FORMAT.to_string()),
+        ("weights".into(), weights.display().to_string()),
+        ("encoder_hash".into(), encoder_hash(&encoder)?),
+        (
+            "data".into(),
+            args.data
+                .data
+                .as_ref()
+                .map_or(String::new(), |p| p.display().to_string()),
+        ),
+        ("split".into(), args.data.split.to_string()),
+    ]);
+    write_embeddings(&args.out, ext, &h, dim, &ds, source)?;
     eprintln!(
         "wrote {} embeddings of {} values to {}",
         ds.len(),
@@ -173,6 +218,7 @@ fn write_embeddings(
     h: &[f32],
     dim: usize,
     ds: &dyn Dataset,
+    source: BTreeMap<String, String>,
 ) -> anyhow::Result<()> {
     let n = ds.len();
     let labels: Vec<Option<u32>> = (0..n).map(|i| ds.get(i).label).collect();
@@ -198,7 +244,7 @@ fn write_embeddings(
                 let l: Vec<u32> = labels.iter().map(|l| l.unwrap_or_default()).collect();
                 tensors.push(("labels".into(), Tensor::from_vec(l, n, &Device::Cpu)?));
             }
-            let mut meta = std::collections::BTreeMap::new();
+            let mut meta = source;
             if paths.iter().all(Option::is_some) {
                 meta.insert("paths".to_string(), serde_json::to_string(&paths)?);
             }
@@ -230,7 +276,8 @@ fn write_embeddings(
     Ok(())
 }
 
-fn csv_field(s: &str) -> String {
+/// A CSV field, quoted when it must be.
+pub fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
