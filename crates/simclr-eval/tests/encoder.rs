@@ -119,8 +119,26 @@ fn bad_weight_files_get_clear_errors() {
     let tensors: Vec<(String, Tensor)> = f.tensors.clone().into_iter().collect();
     let other = dir.path().join("other.safetensors");
     io::save(&other, &tensors, &meta).unwrap();
+    // A wider model than the file holds is refused before it is allocated…
     let err = load(&other).to_string();
-    assert!(err.contains("shape") && err.contains("width 0.25"), "{err}");
+    assert!(
+        err.contains("tensors hold") && err.contains("width 0.25"),
+        "{err}"
+    );
+    // …one of the same size but another stem when a tensor's shape does not fit.
+    let stem = ModelConfig {
+        stem: simclr_model::Stem::Imagenet,
+        ..tiny(1)
+    };
+    meta.insert("model".into(), serde_json::to_string(&stem).unwrap());
+    io::save(&other, &tensors, &meta).unwrap();
+    let err = load(&other);
+    assert!(matches!(err, EvalError::Misfit { .. }), "{err}");
+    let err = anyhow_like(&err);
+    assert!(
+        err.contains("shape") && err.contains("imagenet stem"),
+        "{err}"
+    );
 
     // No simclr-rs metadata at all.
     let bare = dir.path().join("bare.safetensors");
@@ -143,9 +161,17 @@ fn bad_weight_files_get_clear_errors() {
         .collect();
     let p = dir.path().join("fewer.safetensors");
     io::save(&p, &fewer, &f.metadata).unwrap();
-    assert!(
-        load(&p)
-            .to_string()
-            .contains("missing, first `conv1.weight`")
-    );
+    let err = anyhow_like(&load(&p));
+    assert!(err.contains("missing, first `conv1.weight`"), "{err}");
+}
+
+/// An error and its sources as one line.
+fn anyhow_like(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(&format!(": {inner}"));
+        src = inner.source();
+    }
+    s
 }

@@ -55,9 +55,11 @@ pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
 }
 
 mod masks;
+mod metric;
 
 pub use masks::clear_mask_cache;
 use masks::{MaskKind, cached};
+pub use metric::{Mining, arcface, triplet};
 
 /// The additive self-pair mask of `rows` anchors against `cols` keys: `MASKED` at
 /// `(i, offset + i)`, 0 elsewhere. Built on `like`'s device from index ranges and kept for
@@ -334,37 +336,7 @@ fn pos_neg_counts(labels: &[u32]) -> (usize, usize) {
 /// # Shapes
 /// `embeddings`: `[M, D]`, `labels`: `M` → scalar.
 pub fn triplet_batch_hard(embeddings: &Tensor, labels: &[u32], margin: f64) -> Result<Tensor> {
-    if !(margin.is_finite() && margin >= 0.0) {
-        bail!("margin must be a finite number >= 0, got {margin}")
-    }
-    let m = check_labels(embeddings, labels)?;
-    let z = l2_normalize(embeddings)?;
-    let d = sq_distances(&z)?.maximum(1e-12)?.sqrt()?; // [M, M]
-    let same = same_label(labels, &z)?; // [M, M]
-    let positive = (&same * pair_indicator(m, false, &z)?)?; // same label, not itself
-    let not_pos = positive.affine(-MASKED, MASKED)?; // MASKED where not a positive
-    let not_neg = same.affine(-MASKED, 0.0)?; // +|MASKED| where not a negative
-    let hardest_pos = (&d + not_pos)?.max(1)?; // [M]
-    let hardest_neg = (&d + not_neg)?.min(1)?; // [M]
-    let valid: Vec<bool> = label_counts(labels)
-        .iter()
-        .map(|&c| c >= 2 && c < m)
-        .collect();
-    let count = valid.iter().filter(|&&v| v).count();
-    if count == 0 {
-        bail!("triplet loss needs an anchor with both a positive and a negative in the batch")
-    }
-    let keep = Tensor::from_vec(
-        valid
-            .iter()
-            .map(|&v| f64::from(u8::from(v)))
-            .collect::<Vec<_>>(),
-        m,
-        z.device(),
-    )?
-    .to_dtype(z.dtype())?;
-    let per = (hardest_pos - hardest_neg)?.affine(1.0, margin)?.relu()?; // [M]
-    (per * keep)?.sum_all()? / count as f64
+    triplet(embeddings, labels, margin, Mining::BatchHard).map(|(loss, _)| loss)
 }
 
 /// The objective `simclr pretrain` optimises.
@@ -373,12 +345,21 @@ pub fn triplet_batch_hard(embeddings: &Tensor, labels: &[u32], margin: f64) -> R
 pub enum LossKind {
     /// [`nt_xent`] (SimCLR's; the default).
     NtXent,
-    /// [`margin_contrastive`] with the two views of a sample as the similar pair.
+    /// [`margin_contrastive`]: similar pairs from [`Pairs`].
     Contrastive,
-    /// [`triplet_batch_hard`] with the two views of a sample as the positive pair.
+    /// [`triplet`] with a [`Mining`] rule: positives from [`Pairs`].
     Triplet,
     /// [`supcon`] with the dataset's class labels defining positives (needs labels).
     SupCon,
+    /// [`arcface`] over a learned class-weight matrix (needs labels).
+    ArcFace,
+}
+
+impl LossKind {
+    /// Whether the loss needs class labels whatever [`Pairs`] says.
+    pub fn needs_labels(self) -> bool {
+        matches!(self, Self::SupCon | Self::ArcFace)
+    }
 }
 
 impl fmt::Display for LossKind {
@@ -388,6 +369,7 @@ impl fmt::Display for LossKind {
             Self::Contrastive => "contrastive",
             Self::Triplet => "triplet",
             Self::SupCon => "supcon",
+            Self::ArcFace => "arcface",
         })
     }
 }
@@ -401,9 +383,43 @@ impl FromStr for LossKind {
             "contrastive" => Ok(Self::Contrastive),
             "triplet" => Ok(Self::Triplet),
             "supcon" => Ok(Self::SupCon),
+            "arcface" => Ok(Self::ArcFace),
             _ => Err(format!(
-                "unknown loss `{s}`; expected ntxent, contrastive, triplet or supcon"
+                "unknown loss `{s}`; expected ntxent, contrastive, triplet, supcon or arcface"
             )),
+        }
+    }
+}
+
+/// Where the pair and triplet losses take their positives from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pairs {
+    /// The two views of an image are the only positive pair (self-supervised).
+    #[default]
+    Views,
+    /// Images of one class are positives, of different classes negatives (needs labels;
+    /// a class-balanced batch gives every anchor positives).
+    Labels,
+}
+
+impl fmt::Display for Pairs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Views => "views",
+            Self::Labels => "labels",
+        })
+    }
+}
+
+impl FromStr for Pairs {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "views" => Ok(Self::Views),
+            "labels" => Ok(Self::Labels),
+            _ => Err(format!("unknown pairs `{s}`; expected views or labels")),
         }
     }
 }
@@ -416,8 +432,21 @@ pub struct LossConfig {
     /// Temperature of NT-Xent and SupCon (SimCLR: 0.5 for CIFAR-10 at batch 512, 0.1–0.2
     /// for large batches).
     pub temperature: f64,
-    /// Margin of the contrastive and triplet losses.
+    /// Margin of the contrastive and triplet losses; ArcFace's angular margin (radians).
     pub margin: f64,
+    /// Positives of the contrastive and triplet losses.
+    #[serde(default)]
+    pub pairs: Pairs,
+    /// Triplet mining.
+    #[serde(default)]
+    pub mining: Mining,
+    /// ArcFace's logit scale.
+    #[serde(default = "default_scale")]
+    pub scale: f64,
+}
+
+fn default_scale() -> f64 {
+    64.0
 }
 
 impl Default for LossConfig {
@@ -426,13 +455,33 @@ impl Default for LossConfig {
             kind: LossKind::NtXent,
             temperature: 0.5,
             margin: 0.5,
+            pairs: Pairs::Views,
+            mining: Mining::BatchHard,
+            scale: default_scale(),
         }
     }
 }
 
+/// A loss value and, for the triplet loss, the share of its triplets that are active.
+#[derive(Clone, Debug)]
+pub struct LossOutput {
+    /// The scalar loss.
+    pub loss: Tensor,
+    /// Triplet loss: the share of triplets with a positive hinge (a scalar tensor).
+    pub active: Option<Tensor>,
+}
+
 impl LossConfig {
+    /// Whether this configuration needs class labels.
+    pub fn needs_labels(&self) -> bool {
+        self.kind.needs_labels()
+            || (self.pairs == Pairs::Labels
+                && matches!(self.kind, LossKind::Contrastive | LossKind::Triplet))
+    }
+
     /// The loss of a batch whose views are `z1[i]`, `z2[i]`; `class_labels` (one per sample)
-    /// are needed by SupCon only.
+    /// are needed by SupCon, ArcFace and labelled pairs, `class_weight` (`[C, D]`) by
+    /// ArcFace.
     ///
     /// # Shapes
     /// `z1`, `z2`: `[N, D]` → scalar.
@@ -441,38 +490,57 @@ impl LossConfig {
         z1: &Tensor,
         z2: &Tensor,
         class_labels: Option<&[u32]>,
-    ) -> Result<Tensor> {
-        match self.kind {
-            LossKind::NtXent => nt_xent(z1, z2, self.temperature),
-            kind => {
-                let n = z1.dim(0)?;
-                if z1.dims() != z2.dims() {
-                    bail!(
-                        "z1 and z2 must have the same shape, got {:?} and {:?}",
-                        z1.dims(),
-                        z2.dims()
-                    )
-                }
-                let both = Tensor::cat(&[z1, z2], 0)?;
-                match kind {
-                    LossKind::SupCon => {
-                        let Some(labels) = class_labels else {
-                            bail!(
-                                "the supcon loss needs class labels; use a labelled dataset or --loss ntxent"
-                            )
-                        };
-                        if labels.len() != n {
-                            bail!("{} class labels for {n} samples", labels.len())
-                        }
-                        let l: Vec<u32> = labels.iter().chain(labels).copied().collect();
-                        supcon(&both, &l, self.temperature)
+        class_weight: Option<&Tensor>,
+    ) -> Result<LossOutput> {
+        let plain = |loss| LossOutput { loss, active: None };
+        if self.kind == LossKind::NtXent {
+            return nt_xent(z1, z2, self.temperature).map(plain);
+        }
+        let n = z1.dim(0)?;
+        if z1.dims() != z2.dims() {
+            bail!(
+                "z1 and z2 must have the same shape, got {:?} and {:?}",
+                z1.dims(),
+                z2.dims()
+            )
+        }
+        let both = Tensor::cat(&[z1, z2], 0)?;
+        let labels = if self.needs_labels() {
+            let Some(labels) = class_labels else {
+                bail!(
+                    "the {} loss{} needs class labels; use a labelled dataset",
+                    self.kind,
+                    if self.kind.needs_labels() {
+                        ""
+                    } else {
+                        " with --pairs labels"
                     }
-                    LossKind::Contrastive => {
-                        margin_contrastive(&both, &view_labels(n), self.margin)
-                    }
-                    _ => triplet_batch_hard(&both, &view_labels(n), self.margin),
-                }
+                )
+            };
+            if labels.len() != n {
+                bail!("{} class labels for {n} samples", labels.len())
             }
+            labels.iter().chain(labels).copied().collect()
+        } else {
+            view_labels(n)
+        };
+        match self.kind {
+            LossKind::SupCon => supcon(&both, &labels, self.temperature).map(plain),
+            LossKind::Contrastive => margin_contrastive(&both, &labels, self.margin).map(plain),
+            LossKind::Triplet => {
+                let (loss, active) = triplet(&both, &labels, self.margin, self.mining)?;
+                Ok(LossOutput {
+                    loss,
+                    active: Some(active),
+                })
+            }
+            LossKind::ArcFace => {
+                let Some(w) = class_weight else {
+                    bail!("the arcface loss needs its class-weight matrix")
+                };
+                arcface(&both, w, &labels, self.margin, self.scale).map(plain)
+            }
+            LossKind::NtXent => unreachable!("handled above"),
         }
     }
 }

@@ -3,8 +3,8 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 use simclr_loss::{
-    LossConfig, LossKind, contrastive_accuracy, margin_contrastive, nt_xent, nt_xent_gathered,
-    scalar, supcon, triplet_batch_hard, view_labels,
+    LossConfig, LossKind, Mining, Pairs, arcface, contrastive_accuracy, margin_contrastive,
+    nt_xent, nt_xent_gathered, scalar, supcon, triplet, triplet_batch_hard, view_labels,
 };
 
 fn t64(rows: &[[f64; 3]]) -> Tensor {
@@ -296,6 +296,14 @@ fn gradients_match_finite_differences() {
     check_grad(&|t| supcon(t, &LABELS, 0.3).unwrap(), &x);
     check_grad(&|t| margin_contrastive(t, &LABELS, 1.2).unwrap(), &x);
     check_grad(&|t| triplet_batch_hard(t, &LABELS, 0.3).unwrap(), &x);
+    for mining in [Mining::BatchAll, Mining::SemiHard] {
+        check_grad(&|t| triplet(t, &LABELS, 0.8, mining).unwrap().0, &x);
+    }
+    let w = random(3, 4, 23);
+    check_grad(&|t| arcface(t, &tensor(&w), &LABELS, 0.5, 4.0).unwrap(), &x);
+    // And with respect to the class weights.
+    let z = tensor(&x);
+    check_grad(&|w| arcface(&z, w, &LABELS, 0.5, 4.0).unwrap(), &w);
 }
 
 #[test]
@@ -318,23 +326,44 @@ fn loss_config_dispatches_and_needs_labels_for_supcon() {
         ..LossConfig::default()
     };
     assert_eq!(
-        value(&cfg.compute(&a, &b, None).unwrap()),
+        value(&cfg.compute(&a, &b, None, None).unwrap().loss),
         value(&nt_xent(&a, &b, 0.3).unwrap())
     );
     cfg.kind = LossKind::SupCon;
-    let err = cfg.compute(&a, &b, None).unwrap_err().to_string();
+    let err = cfg.compute(&a, &b, None, None).unwrap_err().to_string();
     assert!(err.contains("class labels"), "{err}");
     let both = Tensor::cat(&[&a, &b], 0).unwrap();
     let labels = [0, 1, 0, 1, 2];
     let l2: Vec<u32> = labels.iter().chain(&labels).copied().collect();
     assert_eq!(
-        value(&cfg.compute(&a, &b, Some(&labels)).unwrap()),
+        value(&cfg.compute(&a, &b, Some(&labels), None).unwrap().loss),
         value(&supcon(&both, &l2, 0.3).unwrap())
     );
     for kind in [LossKind::Contrastive, LossKind::Triplet] {
         cfg.kind = kind;
-        assert!(value(&cfg.compute(&a, &b, None).unwrap()).is_finite());
+        assert!(value(&cfg.compute(&a, &b, None, None).unwrap().loss).is_finite());
+        // With labelled pairs, the class labels of both views decide.
+        cfg.pairs = Pairs::Labels;
+        let err = cfg.compute(&a, &b, None, None).unwrap_err().to_string();
+        assert!(err.contains("--pairs labels"), "{err}");
+        let out = cfg.compute(&a, &b, Some(&labels), None).unwrap();
+        let want = if kind == LossKind::Contrastive {
+            margin_contrastive(&both, &l2, cfg.margin).unwrap()
+        } else {
+            triplet(&both, &l2, cfg.margin, cfg.mining).unwrap().0
+        };
+        assert_eq!(value(&out.loss), value(&want));
+        assert_eq!(out.active.is_some(), kind == LossKind::Triplet);
+        cfg.pairs = Pairs::Views;
     }
+    cfg.kind = LossKind::ArcFace;
+    let w = tensor(&random(3, 4, 33));
+    let err = cfg.compute(&a, &b, None, Some(&w)).unwrap_err().to_string();
+    assert!(err.contains("class labels"), "{err}");
+    assert_eq!(
+        value(&cfg.compute(&a, &b, Some(&labels), Some(&w)).unwrap().loss),
+        value(&arcface(&both, &w, &l2, cfg.margin, cfg.scale).unwrap())
+    );
     assert_eq!("NT-Xent".parse::<LossKind>().unwrap(), LossKind::NtXent);
     assert!("byol".parse::<LossKind>().is_err());
 }
@@ -355,4 +384,102 @@ fn bad_arguments_are_clear_errors() {
     assert!(msg(supcon(&a, &[0, 1, 2, 3], 0.5)).contains("unique"));
     assert!(msg(margin_contrastive(&a, &[0, 0, 1, 1], -1.0)).contains("margin"));
     assert!(msg(triplet_batch_hard(&a, &[0, 0, 0, 0], 0.2)).contains("negative"));
+}
+
+/// Unit vectors at `degrees`, one per row.
+fn at_angles(degrees: &[f64]) -> Tensor {
+    let v: Vec<f64> = degrees
+        .iter()
+        .flat_map(|a| [a.to_radians().cos(), a.to_radians().sin()])
+        .collect();
+    Tensor::from_vec(v, (degrees.len(), 2), &Device::Cpu).unwrap()
+}
+
+/// Triplets by hand on the unit circle, where the distance between angles α, β is
+/// 2·sin(|α − β| / 2).
+#[test]
+fn triplet_mining_rules_match_hand_computed_values() {
+    // 0°, 30° (class 0); 90°, 140° (class 1); margin 1. Distances: d(0,30) = 0.517638,
+    // d(0,90) = 1.414214, d(0,140) = 1.879385, d(30,90) = 1, d(30,140) = 1.638304,
+    // d(90,140) = 0.845237.
+    let z = at_angles(&[0.0, 30.0, 90.0, 140.0]);
+    let labels = [0, 0, 1, 1];
+    let run = |mining| {
+        let (loss, active) = triplet(&z, &labels, 1.0, mining).unwrap();
+        (value(&loss), value(&active))
+    };
+    // Batch-hard: one positive each; nearest negatives 1.414214, 1, 1, 1.638304:
+    // (0.103424 + 0.517638 + 0.845237 + 0.206933) / 4.
+    let (loss, active) = run(Mining::BatchHard);
+    assert!((loss - 0.418308).abs() < 1e-6, "{loss}");
+    assert_eq!(active, 1.0);
+    // Batch-all: 8 triplets; hinges 0.103424, 0, 0.517638, 0, 0.431023, 0.845237, 0,
+    // 0.206933: 5 active, loss 2.104255 / 5.
+    let (loss, active) = run(Mining::BatchAll);
+    assert!((loss - 2.104255 / 5.0).abs() < 1e-6, "{loss}");
+    assert_eq!(active, 5.0 / 8.0);
+    // Semi-hard, where it differs from batch-hard: 0°, 60° (class 0); 40°, 180° (class 1);
+    // margin 1.2. (0°, 60°): d_ap = 1, negatives 0.684040 (closer: hard) and 2 → 2, hinge
+    // 0.2. (60°, 0°): negatives 0.347296, 1.732051 → 1.732051, 0.467949. (40°, 180°):
+    // d_ap = 1.879385, negatives 0.684040, 0.347296, none farther → the farthest, 0.684040:
+    // 2.395345. (180°, 40°): negatives 2 (farther), 1.732051 → 2: 1.079385.
+    let z = at_angles(&[0.0, 60.0, 40.0, 180.0]);
+    let (loss, active) = triplet(&z, &labels, 1.2, Mining::SemiHard).unwrap();
+    assert!(
+        (value(&loss) - 4.1426793 / 4.0).abs() < 1e-6,
+        "{}",
+        value(&loss)
+    );
+    assert_eq!(value(&active), 1.0);
+    // Batch-hard takes the hard negatives instead: a larger loss.
+    let hard = value(&triplet(&z, &labels, 1.2, Mining::BatchHard).unwrap().0);
+    assert!(hard > value(&loss) + 0.3, "{hard}");
+}
+
+/// ArcFace by hand (Python: for each row, phi = cos(acos(c) + m) if c > cos(π − m) else
+/// c − m·sin(m); logits = s·(phi at the target, cos elsewhere); cross-entropy), with class
+/// vectors at 0° and 90°, m = 0.5, s = 2: rows at 30° (class 0: CE 0.6730571), 30° (class
+/// 1: 1.8549977) and 170° (class 0, past π − m: 2.8555805).
+#[test]
+fn arcface_matches_a_hand_computed_case() {
+    let z = at_angles(&[30.0, 30.0, 170.0]);
+    let w = at_angles(&[0.0, 90.0]);
+    let loss = value(&arcface(&z, &w, &[0, 1, 0], 0.5, 2.0).unwrap());
+    assert!((loss - 1.7945451044205265).abs() < 1e-9, "{loss}");
+    // Lengths do not matter: embeddings and class weights are normalised.
+    let loss2 = value(
+        &arcface(
+            &(z * 3.0).unwrap(),
+            &(w * 0.2).unwrap(),
+            &[0, 1, 0],
+            0.5,
+            2.0,
+        )
+        .unwrap(),
+    );
+    assert!((loss - loss2).abs() < 1e-12);
+}
+
+#[test]
+fn metric_losses_refuse_bad_input() {
+    let z = at_angles(&[0.0, 30.0, 90.0]);
+    let msg = |r: candle_core::Result<Tensor>| r.unwrap_err().to_string();
+    let t = |r: candle_core::Result<(Tensor, Tensor)>| r.map(|(l, _)| l);
+    // One class: no negatives. All different: no positives.
+    for labels in [[0, 0, 0], [0, 1, 2]] {
+        for mining in [Mining::BatchHard, Mining::BatchAll, Mining::SemiHard] {
+            let e = msg(t(triplet(&z, &labels, 0.5, mining)));
+            assert!(e.contains("a positive and a negative"), "{e}");
+        }
+    }
+    assert!(msg(t(triplet(&z, &[0, 0], 0.5, Mining::BatchAll))).contains("2 labels for 3"));
+    assert!(msg(t(triplet(&z, &[0, 0, 1], -1.0, Mining::SemiHard))).contains("margin"));
+    let w = at_angles(&[0.0, 90.0]);
+    assert!(msg(arcface(&z, &w, &[0, 2, 1], 0.5, 64.0)).contains("label 2 is not below the 2"));
+    assert!(msg(arcface(&z, &w, &[0, 1, 1], 2.0, 64.0)).contains("margin"));
+    assert!(msg(arcface(&z, &w, &[0, 1, 1], 0.5, 0.0)).contains("scale"));
+    let w3 = Tensor::zeros((2, 3), DType::F64, &Device::Cpu).unwrap();
+    assert!(msg(arcface(&z, &w3, &[0, 1, 1], 0.5, 64.0)).contains("3 columns"));
+    assert_eq!("semi_hard".parse::<Mining>().unwrap(), Mining::SemiHard);
+    assert!("hardest".parse::<Mining>().is_err());
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use simclr_augment::AugmentConfig;
-use simclr_loss::{LossConfig, LossKind};
+use simclr_loss::{LossConfig, LossKind, Mining, Pairs};
 use simclr_model::{Arch, ModelConfig, Precision, Stem};
 
 use crate::optim::{OptimConfig, OptimizerKind};
@@ -60,8 +60,19 @@ pub struct TrainConfig {
     pub loss: LossKind,
     /// Temperature of NT-Xent and SupCon.
     pub temperature: f64,
-    /// Margin of the contrastive and triplet losses.
+    /// Margin of the contrastive and triplet losses; ArcFace's angular margin (radians).
     pub margin: f64,
+    /// Positives of the contrastive and triplet losses: the two views of an image, or the
+    /// images of a class.
+    pub pairs: Pairs,
+    /// Triplet mining.
+    pub mining: Mining,
+    /// ArcFace's logit scale.
+    pub scale: f64,
+    /// Class-balanced batches: classes per batch (P; with `images_per_class`).
+    pub classes_per_batch: Option<usize>,
+    /// Class-balanced batches: images of each class per batch (K).
+    pub images_per_class: Option<usize>,
     /// Colour-jitter strength `s`.
     pub jitter_strength: f64,
     /// Smallest area share of the random resized crop (SimCLR: 0.08).
@@ -108,6 +119,11 @@ impl Default for TrainConfig {
             loss: LossKind::NtXent,
             temperature: 0.5,
             margin: 0.5,
+            pairs: Pairs::Views,
+            mining: Mining::BatchHard,
+            scale: 64.0,
+            classes_per_batch: None,
+            images_per_class: None,
             jitter_strength: 0.5,
             min_crop_scale: 0.08,
             blur: None,
@@ -185,6 +201,38 @@ impl TrainConfig {
         if self.keep_last == 0 {
             return Err("--keep-last must be at least 1".into());
         }
+        positive(self.scale, "scale")?;
+        if self.loss == LossKind::ArcFace && self.margin >= std::f64::consts::FRAC_PI_2 {
+            return Err(format!(
+                "--margin is ArcFace's angle in radians and must be below π/2, got {}",
+                self.margin
+            ));
+        }
+        match (self.classes_per_batch, self.images_per_class) {
+            (None, None) => {}
+            (Some(p), Some(k)) => {
+                if p < 2 || k < 2 {
+                    return Err(format!(
+                        "--classes-per-batch and --images-per-class must be at least 2 (a batch \
+                         needs positives and negatives), got {p} and {k}"
+                    ));
+                }
+                if p.checked_mul(k) != Some(self.batch_size) {
+                    return Err(format!(
+                        "--batch-size {} must be --classes-per-batch × --images-per-class = {p} × \
+                         {k}",
+                        self.batch_size
+                    ));
+                }
+            }
+            _ => {
+                return Err(
+                    "--classes-per-batch and --images-per-class go together (P classes × K \
+                     images a batch)"
+                        .into(),
+                );
+            }
+        }
         if self.prefetch == 0 || self.workers == 0 {
             return Err("--prefetch and --workers must be at least 1".into());
         }
@@ -220,6 +268,9 @@ impl TrainConfig {
             kind: self.loss,
             temperature: self.temperature,
             margin: self.margin,
+            pairs: self.pairs,
+            mining: self.mining,
+            scale: self.scale,
         }
     }
 

@@ -97,6 +97,120 @@ pub fn epoch_order(seed: u64, epoch: u64, len: usize) -> Vec<usize> {
     order
 }
 
+/// How an epoch's images are ordered into batches.
+#[derive(Clone, Debug, Default)]
+pub enum Sampler {
+    /// A seeded permutation of the dataset (every image once an epoch).
+    #[default]
+    Shuffle,
+    /// Class-balanced batches of `classes` classes × `per_class` images each (the P×K
+    /// sampler of metric learning, Hermans et al. 2017), so that every image of a batch has
+    /// positives: see [`balanced_order`].
+    Balanced {
+        /// The dataset's labels.
+        labels: Arc<[u32]>,
+        /// Classes per batch (P).
+        classes: usize,
+        /// Images per class (K).
+        per_class: usize,
+    },
+}
+
+impl Sampler {
+    /// The order of `epoch` for a dataset of `len` images: `batch_size` consecutive entries
+    /// make a batch.
+    pub fn order(&self, seed: u64, epoch: u64, len: usize, batch_size: usize) -> Vec<usize> {
+        match self {
+            Self::Shuffle => epoch_order(seed, epoch, len),
+            Self::Balanced {
+                labels,
+                classes,
+                per_class,
+            } => balanced_order(
+                seed,
+                epoch,
+                labels,
+                *classes,
+                *per_class,
+                steps_per_epoch(len, batch_size),
+            ),
+        }
+    }
+}
+
+/// The classes with at least `per_class` images, and their images, in label order.
+pub fn classes_with(labels: &[u32], per_class: usize) -> Vec<(u32, Vec<usize>)> {
+    let mut by: std::collections::BTreeMap<u32, Vec<usize>> = std::collections::BTreeMap::new();
+    for (i, &l) in labels.iter().enumerate() {
+        by.entry(l).or_default().push(i);
+    }
+    by.into_iter()
+        .filter(|(_, v)| v.len() >= per_class)
+        .collect()
+}
+
+/// `steps` class-balanced batches of `classes` × `per_class` images for `epoch`, seeded like
+/// [`epoch_order`]: each batch draws `classes` distinct classes (a shuffled cycle over the
+/// classes having at least `per_class` images, reshuffled when used up) and `per_class`
+/// distinct images of each (a shuffled cycle over the class's images, likewise), so images
+/// are used evenly and never twice in a batch. A batch lists its classes' images class after
+/// class.
+pub fn balanced_order(
+    seed: u64,
+    epoch: u64,
+    labels: &[u32],
+    classes: usize,
+    per_class: usize,
+    steps: u64,
+) -> Vec<usize> {
+    let mut rng = ChaCha8Rng::seed_from_u64(
+        seed ^ 0x4241_4c41_4e43_4544 ^ epoch.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+    );
+    let mut pools: Vec<(Vec<usize>, usize)> = classes_with(labels, per_class)
+        .into_iter()
+        .map(|(_, mut v)| {
+            v.shuffle(&mut rng);
+            (v, 0)
+        })
+        .collect();
+    let mut class_cycle: Vec<usize> = (0..pools.len()).collect();
+    class_cycle.shuffle(&mut rng);
+    let mut at = 0;
+    let mut order = Vec::with_capacity(steps as usize * classes * per_class);
+    for _ in 0..steps {
+        // `classes` distinct classes: refill the cycle when it runs short, without repeats.
+        let mut chosen: Vec<usize> = Vec::with_capacity(classes);
+        while chosen.len() < classes.min(pools.len()) {
+            if at == class_cycle.len() {
+                class_cycle.shuffle(&mut rng);
+                at = 0;
+            }
+            let c = class_cycle[at];
+            at += 1;
+            if !chosen.contains(&c) {
+                chosen.push(c);
+            }
+        }
+        for c in chosen {
+            let (images, next) = &mut pools[c];
+            let group = order.len();
+            for _ in 0..per_class {
+                if *next == images.len() {
+                    // A new cycle; this group's images so far go last in it, so none is
+                    // drawn twice in the batch (the class has at least `per_class`).
+                    images.shuffle(&mut rng);
+                    let taken = &order[group..];
+                    images.sort_by_key(|i| taken.contains(i));
+                    *next = 0;
+                }
+                order.push(images[*next]);
+                *next += 1;
+            }
+        }
+    }
+    order
+}
+
 /// Full batches per epoch (`drop_last`).
 pub fn steps_per_epoch(len: usize, batch_size: usize) -> u64 {
     (len / batch_size.max(1)) as u64
@@ -120,6 +234,7 @@ pub fn make_batch(
         device: device.clone(),
         rank: 0,
         world: 1,
+        sampler: Sampler::Shuffle,
     };
     batch_from_order(dataset, augment, &config, epoch, step, &order)
 }
@@ -202,6 +317,8 @@ pub struct LoaderConfig {
     /// Ranks in the run: each builds its `batch_size / world` images of every global batch,
     /// the `rank`-th slice, with the augmentations a single process would give them.
     pub world: usize,
+    /// How batches are drawn.
+    pub sampler: Sampler,
 }
 
 /// Iterates batches from `(start_epoch, start_step)` up to the end of epoch `end_epoch - 1`,
@@ -271,7 +388,9 @@ fn produce(
     };
     let steps = steps_per_epoch(dataset.len(), config.batch_size);
     for epoch in start_epoch..end_epoch {
-        let order = epoch_order(config.seed, epoch, dataset.len());
+        let order = config
+            .sampler
+            .order(config.seed, epoch, dataset.len(), config.batch_size);
         let first = if epoch == start_epoch { start_step } else { 0 };
         for step in first..steps {
             let batch =
@@ -360,11 +479,54 @@ mod tests {
             device: Device::Cpu,
             rank: 0,
             world: 1,
+            sampler: Sampler::Shuffle,
         }
     }
 
     fn pixels(b: &Batch) -> Vec<f32> {
         b.views.flatten_all().unwrap().to_vec1().unwrap()
+    }
+
+    #[test]
+    fn balanced_batches_hold_p_classes_of_k_distinct_images_evenly() {
+        // 5 classes of 7 to 12 images and one class of 2 (too few for K = 3: never drawn).
+        let mut labels = Vec::new();
+        for (c, n) in [(0u32, 7), (1, 9), (2, 12), (3, 8), (4, 10), (5, 2)] {
+            labels.extend(std::iter::repeat_n(c, n));
+        }
+        let (p, k, steps) = (3, 3, 40);
+        let order = balanced_order(7, 0, &labels, p, k, steps);
+        assert_eq!(order.len(), steps as usize * p * k);
+        let mut uses = vec![0usize; labels.len()];
+        for batch in order.chunks_exact(p * k) {
+            let mut seen = batch.to_vec();
+            seen.sort_unstable();
+            seen.dedup();
+            assert_eq!(seen.len(), p * k, "an image twice in {batch:?}");
+            for group in batch.chunks_exact(k) {
+                assert!(
+                    group.iter().all(|&i| labels[i] == labels[group[0]]),
+                    "{group:?}"
+                );
+            }
+            let mut cls: Vec<u32> = batch.chunks_exact(k).map(|g| labels[g[0]]).collect();
+            cls.dedup();
+            assert_eq!(cls.len(), p, "{batch:?}");
+            assert!(batch.iter().all(|&i| labels[i] != 5));
+            batch.iter().for_each(|&i| uses[i] += 1);
+        }
+        // Within a class, images are used evenly (a shuffled cycle): counts differ by ≤ 1.
+        for c in 0..5u32 {
+            let u: Vec<usize> = (0..labels.len())
+                .filter(|&i| labels[i] == c)
+                .map(|i| uses[i])
+                .collect();
+            let (lo, hi) = (u.iter().min().unwrap(), u.iter().max().unwrap());
+            assert!(hi - lo <= 1, "class {c}: {u:?}");
+        }
+        assert_eq!(order, balanced_order(7, 0, &labels, p, k, steps));
+        assert_ne!(order, balanced_order(7, 1, &labels, p, k, steps));
+        assert_ne!(order, balanced_order(8, 0, &labels, p, k, steps));
     }
 
     #[test]
@@ -430,6 +592,7 @@ mod tests {
                 LoaderConfig {
                     rank,
                     world: 3,
+                    sampler: Sampler::Shuffle,
                     ..cfg(6)
                 },
                 (0, 0),

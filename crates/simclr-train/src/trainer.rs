@@ -20,7 +20,7 @@ use simclr_model::io::{self, SafetensorsFile};
 use simclr_model::{ModelConfig, SimClr};
 
 use crate::config::TrainConfig;
-use crate::loader::{Loader, LoaderConfig, steps_per_epoch};
+use crate::loader::{Loader, LoaderConfig, Sampler, steps_per_epoch};
 use crate::optim::{self, StatefulOptimizer};
 use crate::schedule::Schedule;
 
@@ -128,6 +128,9 @@ pub struct StepMetrics {
     pub views_per_s: f64,
     /// Seconds this step waited for its batch.
     pub data_wait_s: f64,
+    /// Triplet loss: the share of triplets with a positive hinge (what mining keeps up).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub active_triplets: Option<f32>,
 }
 
 /// Metrics of one finished epoch.
@@ -203,6 +206,24 @@ pub struct Summary {
     pub checkpoint: Option<PathBuf>,
 }
 
+/// ArcFace's class weights, seeded: normal with standard deviation `1/√dim` (their scale
+/// does not matter, the loss normalises each row).
+fn arcface_init(classes: usize, dim: usize, seed: u64, device: &Device) -> Result<Var> {
+    use rand::SeedableRng;
+    use rand_distr::Distribution;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x4152_4346_4143_4521);
+    let normal = rand_distr::Normal::new(0.0f32, 1.0 / (dim as f32).sqrt())
+        .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+    let values: Vec<f32> = (0..classes * dim)
+        .map(|_| normal.sample(&mut rng))
+        .collect();
+    Ok(Var::from_tensor(&Tensor::from_vec(
+        values,
+        (classes, dim),
+        device,
+    )?)?)
+}
+
 impl Summary {
     /// Counts one step and its loss.
     fn record(&mut self, loss: f32) {
@@ -238,6 +259,11 @@ pub struct Trainer {
     _lock: Option<crate::lock::RunLock>,
     /// The ranks of a data-parallel run (one, by default).
     comm: simclr_dist::Comm,
+    /// ArcFace's class-weight matrix `[classes, proj_dim]` (also in `params`), checkpointed
+    /// as `arcface.weight` but never exported: the encoder is what travels.
+    class_weight: Option<Var>,
+    /// How the loader draws batches.
+    sampler: Sampler,
     /// The dataset's fingerprint, recorded in checkpoints and checked on resume.
     fingerprint: crate::fingerprint::DataFingerprint,
     /// What a resume found worth saying (why it cannot be bit-exact, say).
@@ -249,6 +275,8 @@ struct Pending {
     metrics: StepMetrics,
     loss: Tensor,
     acc: Tensor,
+    /// The triplet loss's share of active triplets.
+    active: Option<Tensor>,
     views: usize,
 }
 
@@ -371,6 +399,18 @@ impl Trainer {
             .model
             .load_tensors(&file.tensors, true)
             .map_err(misfit)?;
+        if let Some(w) = &trainer.class_weight {
+            let saved = file.tensor("arcface.weight")?;
+            if saved.dims() != w.dims() {
+                return Err(misfit(candle_core::Error::Msg(format!(
+                    "arcface.weight has shape {:?}, the run expects {:?}",
+                    saved.dims(),
+                    w.dims()
+                ))));
+            }
+            w.set(&saved.to_device(w.device())?.to_dtype(w.dtype())?)
+                .map_err(misfit)?;
+        }
         let state = trainer
             .params
             .iter()
@@ -440,11 +480,59 @@ impl Trainer {
                 config.batch_size
             )));
         }
-        if config.loss == simclr_loss::LossKind::SupCon && dataset.num_classes().is_none() {
-            return Err(TrainError::Config(
-                "--loss supcon needs class labels, and this dataset has none".into(),
-            ));
+        let loss = config.loss();
+        let needs_labels = loss.needs_labels() || config.classes_per_batch.is_some();
+        let labels: Option<Arc<[u32]>> = if needs_labels {
+            let labels: Option<Vec<u32>> =
+                (0..dataset.len()).map(|i| dataset.get(i).label).collect();
+            let Some(labels) = labels else {
+                let what = if loss.needs_labels() {
+                    format!(
+                        "--loss {}{}",
+                        config.loss,
+                        if config.loss.needs_labels() {
+                            ""
+                        } else {
+                            " --pairs labels"
+                        }
+                    )
+                } else {
+                    "--classes-per-batch".to_string()
+                };
+                return Err(TrainError::Config(format!(
+                    "{what} needs class labels, and this dataset has none (an unlabelled \
+                     image folder?); use --loss ntxent or a labelled dataset"
+                )));
+            };
+            Some(labels.into())
+        } else {
+            None
+        };
+        let classes = labels
+            .as_ref()
+            .map_or(0, |l| l.iter().max().map_or(0, |&m| m as usize + 1));
+        if config.loss == simclr_loss::LossKind::ArcFace && classes < 2 {
+            return Err(TrainError::Config(format!(
+                "--loss arcface needs at least two classes; the dataset has {classes}"
+            )));
         }
+        let sampler = match (config.classes_per_batch, config.images_per_class, &labels) {
+            (Some(p), Some(k), Some(labels)) => {
+                let usable = crate::loader::classes_with(labels, k).len();
+                if usable < p {
+                    return Err(TrainError::Config(format!(
+                        "--classes-per-batch {p} --images-per-class {k}: only {usable} classes of \
+                         the dataset have at least {k} images"
+                    )));
+                }
+                Sampler::Balanced {
+                    labels: labels.clone(),
+                    classes: p,
+                    per_class: k,
+                }
+            }
+            _ => Sampler::Shuffle,
+        };
         // Rank 0 owns the run directory; the other ranks write nothing.
         let lock = if comm.is_primary() {
             std::fs::create_dir_all(out).map_err(|source| TrainError::File {
@@ -457,7 +545,14 @@ impl Trainer {
         };
         let mut model = SimClr::new(&config.model(usize::from(channels)), device, config.seed)?;
         model.set_precision(config.precision);
-        let params = model.trainable_vars();
+        let mut params = model.trainable_vars();
+        let class_weight = if config.loss == simclr_loss::LossKind::ArcFace {
+            let w = arcface_init(classes, config.proj_dim, config.seed, device)?;
+            params.push(("arcface.weight".to_string(), w.clone()));
+            Some(w)
+        } else {
+            None
+        };
         let optimizer = optim::build(
             config.optimizer,
             params.iter().map(|(_, v)| v.clone()).collect(),
@@ -478,7 +573,9 @@ impl Trainer {
             .validate()
             .map_err(|e| TrainError::Config(e.to_string()))?;
         Ok(Self {
-            loss: config.loss(),
+            loss,
+            class_weight,
+            sampler,
             model,
             params,
             optimizer,
@@ -611,6 +708,7 @@ impl Trainer {
                 device: self.device.clone(),
                 rank: self.comm.rank(),
                 world: self.comm.world(),
+                sampler: self.sampler.clone(),
             },
             (self.epoch, self.step_in_epoch),
             self.config.epochs,
@@ -666,7 +764,7 @@ impl Trainer {
             let lr = self.schedule.lr(self.global_step());
             // The step trains on the global batch: every rank's views.
             let views = batch.views.dim(0)? * self.comm.world();
-            let (loss, acc) = self.step(&batch.views, batch.labels.as_deref(), lr)?;
+            let (loss, acc, active) = self.step(&batch.views, batch.labels.as_deref(), lr)?;
             self.step_in_epoch += 1;
             pending.push(Pending {
                 metrics: StepMetrics {
@@ -679,9 +777,11 @@ impl Trainer {
                     lr,
                     views_per_s: 0.0,
                     data_wait_s: wait.as_secs_f64(),
+                    active_triplets: None,
                 },
                 loss,
                 acc,
+                active,
                 views,
             });
             let epoch_end = self.step_in_epoch == self.steps_per_epoch;
@@ -781,7 +881,10 @@ impl Trainer {
         }
         let values: Vec<Tensor> = pending
             .iter()
-            .flat_map(|p| [p.loss.clone(), p.acc.clone()])
+            .flat_map(|p| {
+                let active = p.active.clone().unwrap_or_else(|| p.acc.clone());
+                [p.loss.clone(), p.acc.clone(), active]
+            })
             .collect();
         let mut values: Vec<f32> = Tensor::stack(&values, 0)?
             .to_dtype(candle_core::DType::F32)?
@@ -797,9 +900,10 @@ impl Trainer {
         let seconds = window.elapsed().as_secs_f64().max(1e-9);
         let views: usize = pending.iter().map(|p| p.views).sum();
         let mut flushed = Vec::with_capacity(pending.len());
-        for (p, lv) in pending.drain(..).zip(values.chunks_exact(2)) {
+        for (p, lv) in pending.drain(..).zip(values.chunks_exact(3)) {
             let mut m = p.metrics;
             (m.loss, m.acc) = (lv[0], lv[1]);
+            m.active_triplets = p.active.is_some().then_some(lv[2]);
             if !m.loss.is_finite() {
                 return Err(TrainError::NonFinite {
                     loss: m.loss,
@@ -819,22 +923,31 @@ impl Trainer {
 
     /// One optimisation step on a `[2N, C, H, W]` view batch already on the device; returns
     /// the loss and the contrastive accuracy as scalar tensors there (nothing is read back).
-    fn step(&mut self, x: &Tensor, labels: Option<&[u32]>, lr: f64) -> Result<(Tensor, Tensor)> {
+    fn step(
+        &mut self,
+        x: &Tensor,
+        labels: Option<&[u32]>,
+        lr: f64,
+    ) -> Result<(Tensor, Tensor, Option<Tensor>)> {
         let (_, z) = self.model.forward_t(x, true)?;
         let n = x.dim(0)? / 2;
         let (z1, z2) = (z.narrow(0, 0, n)?, z.narrow(0, n, n)?);
-        let loss = if self.comm.world() > 1 {
+        let (loss, active) = if self.comm.world() > 1 {
             // This rank's 2n views against the views of every rank.
             let keys = simclr_dist::all_gather_with_grad(&self.comm, &z)?;
-            simclr_loss::nt_xent_gathered(&z, &keys, self.comm.rank(), self.loss.temperature)?
+            let loss =
+                simclr_loss::nt_xent_gathered(&z, &keys, self.comm.rank(), self.loss.temperature)?;
+            (loss, None)
         } else {
-            self.loss.compute(&z1, &z2, labels)?
+            let w = self.class_weight.as_ref().map(Var::as_tensor);
+            let out = self.loss.compute(&z1, &z2, labels, w)?;
+            (out.loss, out.active)
         };
         let acc = contrastive_accuracy_t(&z1.detach(), &z2.detach())?;
         let grads = self.reduce_gradients(loss.backward()?)?;
         self.optimizer.set_learning_rate(lr);
         self.optimizer.step(&grads)?;
-        Ok((loss.detach(), acc))
+        Ok((loss.detach(), acc, active.map(|a| a.detach())))
     }
 
     /// `metrics.jsonl`, opened for appending (rank 0; the other ranks write none).
@@ -855,6 +968,9 @@ impl Trainer {
     /// included) and the optimiser's state as `optimizer.<parameter>.<slot>`.
     fn checkpoint_tensors(&self) -> Vec<(String, Tensor)> {
         let mut tensors = self.model.tensors();
+        if let Some(w) = &self.class_weight {
+            tensors.push(("arcface.weight".into(), w.as_tensor().clone()));
+        }
         for ((name, _), slots) in self.params.iter().zip(self.optimizer.state()) {
             for (slot, t) in slots {
                 tensors.push((format!("optimizer.{name}.{slot}"), t));

@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use simclr_data::{Dataset, Format, Split};
-use simclr_loss::LossKind;
+use simclr_loss::{LossKind, Mining, Pairs};
 use simclr_model::{Arch, Precision, Stem};
 use simclr_train::{Event, LrScaling, OptimizerKind, Outcome, TrainConfig, Trainer};
 
@@ -90,13 +90,33 @@ pub struct PretrainArgs {
     /// Epochs of linear learning-rate warmup [default: 10; 0.5 without --data].
     #[arg(long)]
     pub warmup_epochs: Option<f64>,
-    /// Objective [default: ntxent].
-    #[arg(long, value_name = "ntxent|contrastive|triplet|supcon")]
+    /// Objective [default: ntxent]: ntxent (SimCLR, no labels); contrastive (siamese pairs
+    /// with a margin) and triplet (with --mining), on views or --pairs labels; supcon and
+    /// arcface (need labels).
+    #[arg(long, value_name = "ntxent|contrastive|triplet|supcon|arcface")]
     pub loss: Option<LossKind>,
+    /// Positives of the contrastive and triplet losses: the two views of an image, or the
+    /// images of a class (needs labels; pair with --classes-per-batch) [default: views].
+    #[arg(long, value_name = "views|labels")]
+    pub pairs: Option<Pairs>,
+    /// Triplets of the triplet loss [default: batch-hard].
+    #[arg(long, value_name = "batch-hard|batch-all|semi-hard")]
+    pub mining: Option<Mining>,
+    /// ArcFace's logit scale s [default: 64].
+    #[arg(long)]
+    pub scale: Option<f64>,
+    /// Class-balanced batches of P classes × K images (needs labels; --batch-size becomes
+    /// P·K): every image of a batch then has positives.
+    #[arg(long, value_name = "P", requires = "images_per_class")]
+    pub classes_per_batch: Option<usize>,
+    /// Images of each class per balanced batch (K).
+    #[arg(long, value_name = "K", requires = "classes_per_batch")]
+    pub images_per_class: Option<usize>,
     /// Temperature of NT-Xent and SupCon [default: 0.5].
     #[arg(long)]
     pub temperature: Option<f64>,
-    /// Margin of the contrastive and triplet losses [default: 0.5].
+    /// Margin of the contrastive and triplet losses; ArcFace's angular margin in radians
+    /// [default: 0.5].
     #[arg(long)]
     pub margin: Option<f64>,
     /// Colour-jitter strength s [default: 0.5].
@@ -225,6 +245,9 @@ impl PretrainArgs {
             loss,
             temperature,
             margin,
+            pairs,
+            mining,
+            scale,
             jitter_strength,
             min_crop_scale,
             seed,
@@ -247,6 +270,12 @@ impl PretrainArgs {
         }
         if self.blur.is_some() {
             c.blur = self.blur;
+        }
+        if let (Some(p), Some(k)) = (self.classes_per_batch, self.images_per_class) {
+            (c.classes_per_batch, c.images_per_class) = (Some(p), Some(k));
+            if self.batch_size.is_none() {
+                c.batch_size = p * k;
+            }
         }
         Ok(c)
     }
@@ -271,7 +300,8 @@ impl PretrainArgs {
             optimizer => "--optimizer", lr => "--lr", lr_scaling => "--lr-scaling",
             weight_decay => "--weight-decay", momentum => "--momentum",
             warmup_epochs => "--warmup-epochs", loss => "--loss", temperature => "--temperature",
-            margin => "--margin", jitter_strength => "--jitter-strength",
+            margin => "--margin", pairs => "--pairs", mining => "--mining", scale => "--scale",
+            jitter_strength => "--jitter-strength",
             min_crop_scale => "--min-crop-scale", seed => "--seed");
         let show = |p: &Option<PathBuf>| {
             p.as_ref().map_or_else(
@@ -303,6 +333,18 @@ impl PretrainArgs {
             && saved.blur != Some(b)
         {
             v.push(format!("--blur {b} (the run has {:?})", saved.blur));
+        }
+        if self.classes_per_batch.is_some()
+            && (self.classes_per_batch, self.images_per_class)
+                != (saved.classes_per_batch, saved.images_per_class)
+        {
+            v.push(format!(
+                "--classes-per-batch {:?} --images-per-class {:?} (the run has {:?} and {:?})",
+                self.classes_per_batch,
+                self.images_per_class,
+                saved.classes_per_batch,
+                saved.images_per_class
+            ));
         }
         if let Some(path) = &self.config {
             v.extend(config_file_differences(path, saved)?);
@@ -676,8 +718,11 @@ fn run_on(args: &PretrainArgs, comm: &simclr_dist::Comm) -> anyhow::Result<()> {
     let summary = trainer.run(&stop, &mut |e| match e {
         Event::Step(m) => {
             bar.set_prefix(format!("epoch {}/{}", m.epoch, c.epochs));
+            let active = m
+                .active_triplets
+                .map_or(String::new(), |a| format!(" active {:.0}%", 100.0 * a));
             bar.set_message(format!(
-                "loss {:.4} acc {:.3} lr {:.4} {:.0} img/s",
+                "loss {:.4} acc {:.3}{active} lr {:.4} {:.0} img/s",
                 m.loss,
                 m.acc,
                 m.lr,
