@@ -28,8 +28,10 @@ fi
 # overflow (debug assertions are on), a hang or an allocation the file's size does not justify.
 cargo +nightly fuzz build -s none -O 2>&1 | tail -1
 work=${SIMCLR_FUZZ_CORPUS:-$HOME/.cache/simclr-rs/fuzz-corpus}
-logs=$(mktemp -d)
-trap 'rm -rf "$logs" /dev/shm/simclr-fuzz-* 2>/dev/null || true' EXIT
+# Each target's libFuzzer output is kept (the last run's) beside the corpus.
+logs=${SIMCLR_FUZZ_LOGS:-$HOME/.cache/simclr-rs/fuzz-logs}
+mkdir -p "$logs"
+trap 'rm -rf /dev/shm/simclr-fuzz-* 2>/dev/null || true' EXIT
 
 max_len() {
     case $1 in
@@ -48,16 +50,18 @@ for t in "${targets[@]}"; do
     # finding, as is an input that takes over 10 s.
     if ! cargo +nightly fuzz run -s none -O "$t" "$work/$t" "fuzz/corpus/$t" -- \
         -max_total_time="$seconds" -max_len="$(max_len "$t")" -rss_limit_mb=2048 \
-        -timeout=10 -print_final_stats=1 -artifact_prefix="fuzz/artifacts/$t/" \
+        -timeout=10 -print_final_stats=1 \
         >"$log" 2>&1; then
         failed=1
         echo "== $t FAILED; its input is in fuzz/artifacts/$t/:" >&2
-        grep -E "panicked|ERROR|SUMMARY|Test unit written" "$log" | head -20 >&2 || true
+        grep -E "panicked|ERROR|SUMMARY|Test unit written|out-of-memory|timeout" "$log" |
+            head -20 >&2 || true
+        echo "   (the whole output: $log)" >&2
     fi
-    runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
-    peak=$(sed -n 's/^stat::peak_rss_mb: *//p' "$log" | tail -1)
-    cov=$(grep -oE 'cov: [0-9]+' "$log" | tail -1 | cut -d' ' -f2)
-    secs=$(sed -n 's/^Done [0-9]* runs in \([0-9]*\) second.*/\1/p' "$log" | tail -1)
+    runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1 || true)
+    peak=$(sed -n 's/^stat::peak_rss_mb: *//p' "$log" | tail -1 || true)
+    cov=$({ grep -oE 'cov: [0-9]+' "$log" || true; } | tail -1 | cut -d' ' -f2)
+    secs=$(sed -n 's/^Done [0-9]* runs in \([0-9]*\) second.*/\1/p' "$log" | tail -1 || true)
     rate=$(( ${runs:-0} / (${secs:-$seconds} > 0 ? ${secs:-$seconds} : 1) ))
     printf '%-14s %8s %12s %10s %8s %8s\n' "$t" "${secs:-?}" "${runs:-?}" "$rate" "${cov:-?}" "${peak:-?}"
 done

@@ -93,13 +93,25 @@ pub(crate) fn dir_has_images(dir: &Path) -> bool {
     within(dir, 2)
 }
 
+/// The largest image a folder may hold: 16384 pixels a side and 256 MB decoded. A few
+/// kilobytes of PNG can declare a huge, uniform image; these bounds keep what one crafted
+/// file makes the reader allocate to a few hundred megabytes (the decoder's buffer and one
+/// converted copy), while a 48-megapixel photograph still loads.
+pub fn decode_limits() -> image::Limits {
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(16384);
+    limits.max_image_height = Some(16384);
+    limits.max_alloc = Some(256 << 20);
+    limits
+}
+
 fn decode(path: &Path) -> Result<Image, String> {
-    let img = image::ImageReader::open(path)
+    let mut reader = image::ImageReader::open(path)
         .map_err(|e| e.to_string())?
         .with_guessed_format()
-        .map_err(|e| e.to_string())?
-        .decode()
         .map_err(|e| e.to_string())?;
+    reader.limits(decode_limits());
+    let img = reader.decode().map_err(|e| e.to_string())?;
     Image::from_dynamic(&img).map_err(|e| e.to_string())
 }
 

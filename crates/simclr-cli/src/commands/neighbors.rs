@@ -260,7 +260,10 @@ fn image_files_side(files: &[PathBuf], encoder: Option<&Encoder>) -> anyhow::Res
         let img = image::ImageReader::open(f)
             .and_then(|r| r.with_guessed_format())
             .map_err(anyhow::Error::from)
-            .and_then(|r| r.decode().map_err(anyhow::Error::from))
+            .and_then(|mut r| {
+                r.limits(simclr_data::decode_limits());
+                r.decode().map_err(anyhow::Error::from)
+            })
             .and_then(|d| Image::from_dynamic(&d).map_err(anyhow::Error::from))
             .with_context(|| format!("cannot decode the query image `{}`", f.display()))?;
         images.push(img);
