@@ -73,6 +73,9 @@ pub struct TrainConfig {
     pub classes_per_batch: Option<usize>,
     /// Class-balanced batches: images of each class per batch (K).
     pub images_per_class: Option<usize>,
+    /// Train a linear classifier on the detached representations alongside (needs labels);
+    /// it never changes the encoder.
+    pub online_probe: bool,
     /// Colour-jitter strength `s`.
     pub jitter_strength: f64,
     /// Smallest area share of the random resized crop (SimCLR: 0.08).
@@ -124,6 +127,7 @@ impl Default for TrainConfig {
             scale: 64.0,
             classes_per_batch: None,
             images_per_class: None,
+            online_probe: false,
             jitter_strength: 0.5,
             min_crop_scale: 0.08,
             blur: None,

@@ -131,6 +131,10 @@ pub struct StepMetrics {
     /// Triplet loss: the share of triplets with a positive hinge (what mining keeps up).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub active_triplets: Option<f32>,
+    /// `--online-probe`: the linear classifier's top-1 accuracy on this batch's views, before
+    /// its update.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub probe_acc: Option<f32>,
 }
 
 /// Metrics of one finished epoch.
@@ -206,6 +210,102 @@ pub struct Summary {
     pub checkpoint: Option<PathBuf>,
 }
 
+/// A linear classifier trained on the detached representations during pretraining (the
+/// online evaluation of solo-learn and the official SimCLR code): SGD with momentum 0.9 at
+/// learning rate 0.1, no weight decay, on the cross-entropy of both views' labels. Its
+/// gradient never reaches the encoder: the features are detached before it sees them.
+struct OnlineProbe {
+    weight: Var,
+    bias: Var,
+    optimizer: Box<dyn StatefulOptimizer + Send>,
+}
+
+impl OnlineProbe {
+    const LR: f64 = 0.1;
+
+    fn new(features: usize, classes: usize, device: &Device) -> Result<Self> {
+        let weight = Var::zeros((classes, features), candle_core::DType::F32, device)?;
+        let bias = Var::zeros(classes, candle_core::DType::F32, device)?;
+        let optimizer = optim::build(
+            crate::OptimizerKind::Sgd,
+            vec![weight.clone(), bias.clone()],
+            crate::OptimConfig {
+                lr: Self::LR,
+                weight_decay: 0.0,
+                momentum: 0.9,
+                ..crate::OptimConfig::default()
+            },
+        )?;
+        Ok(Self {
+            weight,
+            bias,
+            optimizer,
+        })
+    }
+
+    /// One update on `h` (`[M, F]`, detached here) with `labels`; returns the batch's top-1
+    /// accuracy before the update, as a scalar tensor.
+    fn step(&mut self, h: &Tensor, labels: &[u32]) -> Result<Tensor> {
+        let h = h.detach().to_dtype(candle_core::DType::F32)?;
+        let logits = h
+            .matmul(&self.weight.as_tensor().t()?)?
+            .broadcast_add(self.bias.as_tensor())?;
+        let target = Tensor::from_slice(labels, labels.len(), h.device())?;
+        let loss = candle_nn::loss::cross_entropy(&logits, &target)?;
+        let acc = logits
+            .argmax(1)?
+            .eq(&target)?
+            .to_dtype(candle_core::DType::F32)?
+            .mean_all()?;
+        self.optimizer.step(&loss.backward()?)?;
+        Ok(acc)
+    }
+
+    /// Its tensors for the checkpoint (`probe.*`, the optimiser's as `probe_optimizer.*`).
+    fn tensors(&self) -> Vec<(String, Tensor)> {
+        let mut t = vec![
+            ("probe.weight".to_string(), self.weight.as_tensor().clone()),
+            ("probe.bias".to_string(), self.bias.as_tensor().clone()),
+        ];
+        for (name, slots) in ["weight", "bias"].iter().zip(self.optimizer.state()) {
+            for (slot, v) in slots {
+                t.push((format!("probe_optimizer.{name}.{slot}"), v));
+            }
+        }
+        t
+    }
+
+    /// Restores what [`tensors`](Self::tensors) saved, `steps` updates in.
+    fn load(&mut self, file: &SafetensorsFile, steps: u64) -> Result<()> {
+        for (name, var) in [("weight", &self.weight), ("bias", &self.bias)] {
+            let t = file.tensor(&format!("probe.{name}"))?;
+            if t.dims() != var.dims() {
+                return Err(TrainError::Candle(candle_core::Error::Msg(format!(
+                    "probe.{name} has shape {:?}, the run expects {:?}",
+                    t.dims(),
+                    var.dims()
+                ))));
+            }
+            var.set(&t.to_device(var.device())?.to_dtype(var.dtype())?)?;
+        }
+        let state = ["weight", "bias"]
+            .iter()
+            .map(|name| {
+                let prefix = format!("probe_optimizer.{name}.");
+                file.tensors
+                    .iter()
+                    .filter_map(|(k, t)| {
+                        k.strip_prefix(&prefix)
+                            .map(|slot| (slot.to_string(), t.clone()))
+                    })
+                    .collect()
+            })
+            .collect();
+        self.optimizer.load_state(state, steps)?;
+        Ok(())
+    }
+}
+
 /// ArcFace's class weights, seeded: normal with standard deviation `1/√dim` (their scale
 /// does not matter, the loss normalises each row).
 fn arcface_init(classes: usize, dim: usize, seed: u64, device: &Device) -> Result<Var> {
@@ -264,6 +364,8 @@ pub struct Trainer {
     class_weight: Option<Var>,
     /// How the loader draws batches.
     sampler: Sampler,
+    /// `--online-probe`: the classifier on detached features and its own optimiser.
+    probe: Option<OnlineProbe>,
     /// The dataset's fingerprint, recorded in checkpoints and checked on resume.
     fingerprint: crate::fingerprint::DataFingerprint,
     /// What a resume found worth saying (why it cannot be bit-exact, say).
@@ -277,6 +379,8 @@ struct Pending {
     acc: Tensor,
     /// The triplet loss's share of active triplets.
     active: Option<Tensor>,
+    /// The online probe's accuracy.
+    probe_acc: Option<Tensor>,
     views: usize,
 }
 
@@ -429,6 +533,9 @@ impl Trainer {
             .optimizer
             .load_state(state, optimizer_steps)
             .map_err(misfit)?;
+        if let Some(p) = &mut trainer.probe {
+            p.load(&file, optimizer_steps)?;
+        }
         trainer.epoch = epoch;
         trainer.step_in_epoch = step_in_epoch;
         trainer.last_checkpoint = Some(checkpoint.to_owned());
@@ -481,7 +588,8 @@ impl Trainer {
             )));
         }
         let loss = config.loss();
-        let needs_labels = loss.needs_labels() || config.classes_per_batch.is_some();
+        let needs_labels =
+            loss.needs_labels() || config.classes_per_batch.is_some() || config.online_probe;
         let labels: Option<Arc<[u32]>> = if needs_labels {
             let labels: Option<Vec<u32>> =
                 (0..dataset.len()).map(|i| dataset.get(i).label).collect();
@@ -496,8 +604,10 @@ impl Trainer {
                             " --pairs labels"
                         }
                     )
-                } else {
+                } else if config.classes_per_batch.is_some() {
                     "--classes-per-batch".to_string()
+                } else {
+                    "--online-probe".to_string()
                 };
                 return Err(TrainError::Config(format!(
                     "{what} needs class labels, and this dataset has none (an unlabelled \
@@ -553,6 +663,12 @@ impl Trainer {
         } else {
             None
         };
+        let probe = if config.online_probe {
+            let features = config.model(usize::from(channels)).feature_dim();
+            Some(OnlineProbe::new(features, classes.max(2), device)?)
+        } else {
+            None
+        };
         let optimizer = optim::build(
             config.optimizer,
             params.iter().map(|(_, v)| v.clone()).collect(),
@@ -576,6 +692,7 @@ impl Trainer {
             loss,
             class_weight,
             sampler,
+            probe,
             model,
             params,
             optimizer,
@@ -764,7 +881,8 @@ impl Trainer {
             let lr = self.schedule.lr(self.global_step());
             // The step trains on the global batch: every rank's views.
             let views = batch.views.dim(0)? * self.comm.world();
-            let (loss, acc, active) = self.step(&batch.views, batch.labels.as_deref(), lr)?;
+            let (loss, acc, active, probe_acc) =
+                self.step(&batch.views, batch.labels.as_deref(), lr)?;
             self.step_in_epoch += 1;
             pending.push(Pending {
                 metrics: StepMetrics {
@@ -778,10 +896,12 @@ impl Trainer {
                     views_per_s: 0.0,
                     data_wait_s: wait.as_secs_f64(),
                     active_triplets: None,
+                    probe_acc: None,
                 },
                 loss,
                 acc,
                 active,
+                probe_acc,
                 views,
             });
             let epoch_end = self.step_in_epoch == self.steps_per_epoch;
@@ -882,8 +1002,13 @@ impl Trainer {
         let values: Vec<Tensor> = pending
             .iter()
             .flat_map(|p| {
-                let active = p.active.clone().unwrap_or_else(|| p.acc.clone());
-                [p.loss.clone(), p.acc.clone(), active]
+                let or_acc = |t: &Option<Tensor>| t.clone().unwrap_or_else(|| p.acc.clone());
+                [
+                    p.loss.clone(),
+                    p.acc.clone(),
+                    or_acc(&p.active),
+                    or_acc(&p.probe_acc),
+                ]
             })
             .collect();
         let mut values: Vec<f32> = Tensor::stack(&values, 0)?
@@ -900,10 +1025,11 @@ impl Trainer {
         let seconds = window.elapsed().as_secs_f64().max(1e-9);
         let views: usize = pending.iter().map(|p| p.views).sum();
         let mut flushed = Vec::with_capacity(pending.len());
-        for (p, lv) in pending.drain(..).zip(values.chunks_exact(3)) {
+        for (p, lv) in pending.drain(..).zip(values.chunks_exact(4)) {
             let mut m = p.metrics;
             (m.loss, m.acc) = (lv[0], lv[1]);
             m.active_triplets = p.active.is_some().then_some(lv[2]);
+            m.probe_acc = p.probe_acc.is_some().then_some(lv[3]);
             if !m.loss.is_finite() {
                 return Err(TrainError::NonFinite {
                     loss: m.loss,
@@ -928,8 +1054,8 @@ impl Trainer {
         x: &Tensor,
         labels: Option<&[u32]>,
         lr: f64,
-    ) -> Result<(Tensor, Tensor, Option<Tensor>)> {
-        let (_, z) = self.model.forward_t(x, true)?;
+    ) -> Result<(Tensor, Tensor, Option<Tensor>, Option<Tensor>)> {
+        let (h, z) = self.model.forward_t(x, true)?;
         let n = x.dim(0)? / 2;
         let (z1, z2) = (z.narrow(0, 0, n)?, z.narrow(0, n, n)?);
         let (loss, active) = if self.comm.world() > 1 {
@@ -947,7 +1073,16 @@ impl Trainer {
         let grads = self.reduce_gradients(loss.backward()?)?;
         self.optimizer.set_learning_rate(lr);
         self.optimizer.step(&grads)?;
-        Ok((loss.detach(), acc, active.map(|a| a.detach())))
+        // The online probe learns from the detached features: the encoder's update above is
+        // the same with or without it.
+        let probe_acc = match (&mut self.probe, labels) {
+            (Some(probe), Some(l)) => {
+                let both: Vec<u32> = l.iter().chain(l).copied().collect();
+                Some(probe.step(&h, &both)?)
+            }
+            _ => None,
+        };
+        Ok((loss.detach(), acc, active.map(|a| a.detach()), probe_acc))
     }
 
     /// `metrics.jsonl`, opened for appending (rank 0; the other ranks write none).
@@ -970,6 +1105,9 @@ impl Trainer {
         let mut tensors = self.model.tensors();
         if let Some(w) = &self.class_weight {
             tensors.push(("arcface.weight".into(), w.as_tensor().clone()));
+        }
+        if let Some(p) = &self.probe {
+            tensors.extend(p.tensors());
         }
         for ((name, _), slots) in self.params.iter().zip(self.optimizer.state()) {
             for (slot, t) in slots {

@@ -27,6 +27,8 @@ pub struct Curves {
     pub steps: Vec<(f64, f64, f64)>,
     /// `(step, loss, acc)` at the end of each epoch (epoch means).
     pub epochs: Vec<(f64, f64, f64)>,
+    /// `(step, accuracy)` of the online probe (`--online-probe`), when the run has one.
+    pub probe: Vec<(f64, f64)>,
 }
 
 /// Reads `metrics.jsonl`; a resumed run's repeated steps keep their last record.
@@ -52,6 +54,10 @@ pub fn read_curves(run: &Path) -> anyhow::Result<Curves> {
         };
         list.retain(|p| p.0 < step);
         list.push((step, loss, acc));
+        if let Some(p) = get("probe_acc") {
+            c.probe.retain(|q| q.0 < step);
+            c.probe.push((step, p));
+        }
     }
     if c.steps.is_empty() {
         bail!("`{}` holds no training steps yet", path.display());
@@ -88,7 +94,14 @@ pub fn draw(curves: &Curves, out: &Path, title: &str) -> anyhow::Result<()> {
             SeriesLabelPosition::LowerRight,
         ),
     ]) {
-        let (lo, hi) = range(curves.steps.iter().map(pick));
+        let with_probe = name.starts_with("contrastive") && !curves.probe.is_empty();
+        let (lo, hi) = if with_probe {
+            let (a, b) = range(curves.steps.iter().map(pick));
+            let (c, d) = range(curves.probe.iter().map(|p| p.1));
+            (a.min(c), b.max(d))
+        } else {
+            range(curves.steps.iter().map(pick))
+        };
         let mut chart = ChartBuilder::on(panel)
             .caption(name, ("sans-serif", 16))
             .margin(12)
@@ -108,6 +121,15 @@ pub fn draw(curves: &Curves, out: &Path, title: &str) -> anyhow::Result<()> {
             ))?
             .label("per step")
             .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], RGBColor(120, 160, 220)));
+        if with_probe {
+            chart
+                .draw_series(LineSeries::new(
+                    curves.probe.iter().copied(),
+                    RGBColor(40, 150, 60).stroke_width(1),
+                ))?
+                .label("online probe (linear top-1)")
+                .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], RGBColor(40, 150, 60)));
+        }
         if !curves.epochs.is_empty() {
             chart
                 .draw_series(LineSeries::new(

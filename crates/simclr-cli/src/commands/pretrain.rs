@@ -112,6 +112,11 @@ pub struct PretrainArgs {
     /// Images of each class per balanced batch (K).
     #[arg(long, value_name = "K", requires = "classes_per_batch")]
     pub images_per_class: Option<usize>,
+    /// Train a linear classifier on the detached representations alongside (needs labels):
+    /// its accuracy on the progress line, in metrics.jsonl (`probe_acc`) and in curves.png.
+    /// It never changes the encoder.
+    #[arg(long)]
+    pub online_probe: bool,
     /// Temperature of NT-Xent and SupCon [default: 0.5].
     #[arg(long)]
     pub temperature: Option<f64>,
@@ -271,6 +276,9 @@ impl PretrainArgs {
         if self.blur.is_some() {
             c.blur = self.blur;
         }
+        if self.online_probe {
+            c.online_probe = true;
+        }
         if let (Some(p), Some(k)) = (self.classes_per_batch, self.images_per_class) {
             (c.classes_per_batch, c.images_per_class) = (Some(p), Some(k));
             if self.batch_size.is_none() {
@@ -333,6 +341,9 @@ impl PretrainArgs {
             && saved.blur != Some(b)
         {
             v.push(format!("--blur {b} (the run has {:?})", saved.blur));
+        }
+        if self.online_probe && !saved.online_probe {
+            v.push("--online-probe (the run has none)".into());
         }
         if self.classes_per_batch.is_some()
             && (self.classes_per_batch, self.images_per_class)
@@ -718,9 +729,12 @@ fn run_on(args: &PretrainArgs, comm: &simclr_dist::Comm) -> anyhow::Result<()> {
     let summary = trainer.run(&stop, &mut |e| match e {
         Event::Step(m) => {
             bar.set_prefix(format!("epoch {}/{}", m.epoch, c.epochs));
-            let active = m
+            let mut active = m
                 .active_triplets
                 .map_or(String::new(), |a| format!(" active {:.0}%", 100.0 * a));
+            if let Some(p) = m.probe_acc {
+                active.push_str(&format!(" probe {:.1}%", 100.0 * p));
+            }
             bar.set_message(format!(
                 "loss {:.4} acc {:.3}{active} lr {:.4} {:.0} img/s",
                 m.loss,
