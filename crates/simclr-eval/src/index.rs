@@ -133,6 +133,22 @@ impl Index {
             return Ok(best);
         }
         let dev = Device::Cpu;
+        // The gallery's blocks, transposed once for every query block.
+        let chunks: Vec<(usize, Tensor)> = (0..self.len())
+            .step_by(Self::CHUNK)
+            .map(|g0| {
+                let gn = Self::CHUNK.min(self.len() - g0);
+                let g = Tensor::from_slice(
+                    &self.rows[g0 * self.dim..(g0 + gn) * self.dim],
+                    (gn, self.dim),
+                    &dev,
+                )?;
+                Ok((g0, g.t()?.contiguous()?))
+            })
+            .collect::<Result<_, EvalError>>()?;
+        // Each query's k-th best similarity so far: a candidate must beat it (on a tie the
+        // earlier gallery row, already kept, wins).
+        let mut floor = vec![f32::NEG_INFINITY; n_q];
         for q0 in (0..n_q).step_by(Self::QUERY_BLOCK) {
             let qn = Self::QUERY_BLOCK.min(n_q - q0);
             let qt = Tensor::from_slice(
@@ -140,28 +156,24 @@ impl Index {
                 (qn, self.dim),
                 &dev,
             )?;
-            for g0 in (0..self.len()).step_by(Self::CHUNK) {
-                let gn = Self::CHUNK.min(self.len() - g0);
-                let gt = Tensor::from_slice(
-                    &self.rows[g0 * self.dim..(g0 + gn) * self.dim],
-                    (gn, self.dim),
-                    &dev,
-                )?;
-                let sims: Vec<f32> = qt.matmul(&gt.t()?)?.flatten_all()?.to_vec1()?;
+            for (g0, gt) in &chunks {
+                let gn = gt.dim(1)?;
+                let sims: Vec<f32> = qt.matmul(gt)?.flatten_all()?.to_vec1()?;
                 for (i, row) in sims.chunks_exact(gn).enumerate() {
                     let skip = exclude(q0 + i);
-                    let keep = &mut best[q0 + i];
+                    let (keep, floor) = (&mut best[q0 + i], &mut floor[q0 + i]);
                     for (j, &s) in row.iter().enumerate() {
                         let index = g0 + j;
-                        if skip != Some(index) {
+                        if s > *floor && skip != Some(index) {
                             keep.push(Hit {
                                 index,
                                 similarity: s,
                             });
+                            if keep.len() >= 2 * k {
+                                truncate_best(keep, k);
+                                *floor = keep[k - 1].similarity;
+                            }
                         }
-                    }
-                    if keep.len() > 2 * k {
-                        truncate_best(keep, k);
                     }
                 }
             }
@@ -250,31 +262,43 @@ pub fn retrieval_metrics(
         .max()
         .unwrap_or(0)
         .max(ks.iter().copied().max().unwrap_or(0));
-    let hits = index.search_excluding(queries, depth, |q| same_set.then_some(q))?;
     let (mut found, mut ap_sum, mut measured) = (vec![0usize; ks.len()], 0.0, 0usize);
-    for (q, hits) in hits.iter().enumerate() {
-        let (label, r) = (query_labels[q], r[q]);
-        if r == 0 {
-            continue;
-        }
-        measured += 1;
-        let relevant: Vec<bool> = hits
-            .iter()
-            .map(|h| gallery_labels[h.index] == label)
-            .collect();
-        for (slot, &k) in ks.iter().enumerate() {
-            if relevant.iter().take(k).any(|&x| x) {
-                found[slot] += 1;
+    // By blocks of queries: the depth searched is R, thousands of hits a query on a large
+    // labelled gallery, so all queries' hits at once would not be bounded.
+    let dim = queries.dim;
+    let n_q = query_labels.len();
+    for q0 in (0..n_q).step_by(Index::QUERY_BLOCK) {
+        let qn = Index::QUERY_BLOCK.min(n_q - q0);
+        let block = Features {
+            data: &queries.data[q0 * dim..(q0 + qn) * dim],
+            dim,
+        };
+        let hits = index.search_excluding(block, depth, |q| same_set.then_some(q0 + q))?;
+        for (i, hits) in hits.iter().enumerate() {
+            let q = q0 + i;
+            let (label, r) = (query_labels[q], r[q]);
+            if r == 0 {
+                continue;
             }
-        }
-        let (mut so_far, mut ap) = (0usize, 0.0);
-        for (i, &rel) in relevant.iter().take(r).enumerate() {
-            if rel {
-                so_far += 1;
-                ap += so_far as f64 / (i + 1) as f64;
+            measured += 1;
+            let relevant: Vec<bool> = hits
+                .iter()
+                .map(|h| gallery_labels[h.index] == label)
+                .collect();
+            for (slot, &k) in ks.iter().enumerate() {
+                if relevant.iter().take(k).any(|&x| x) {
+                    found[slot] += 1;
+                }
             }
+            let (mut so_far, mut ap) = (0usize, 0.0);
+            for (i, &rel) in relevant.iter().take(r).enumerate() {
+                if rel {
+                    so_far += 1;
+                    ap += so_far as f64 / (i + 1) as f64;
+                }
+            }
+            ap_sum += ap / r as f64;
         }
-        ap_sum += ap / r as f64;
     }
     if measured == 0 {
         return Err(EvalError::Shape(

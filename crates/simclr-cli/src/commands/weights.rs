@@ -27,6 +27,19 @@ pub struct ExportArgs {
     /// Keep the projection head (under `projector.`).
     #[arg(long)]
     pub with_head: bool,
+    /// Write a randomly initialised encoder of the checkpoint's architecture and
+    /// preprocessing instead: the baseline pretraining must beat, for any command that takes
+    /// weights.
+    #[arg(long)]
+    pub random_init: bool,
+    /// Seed of `--random-init`.
+    #[arg(
+        long,
+        value_name = "SEED",
+        default_value_t = 0,
+        requires = "random_init"
+    )]
+    pub init_seed: u64,
 }
 
 /// `DIR` → `DIR/last.safetensors`; a file stays itself.
@@ -41,7 +54,12 @@ pub fn checkpoint_path(p: &Path) -> PathBuf {
 /// Runs `simclr export`.
 pub fn export(args: &ExportArgs) -> anyhow::Result<()> {
     let ckpt = checkpoint_path(&args.checkpoint);
-    let encoder = Encoder::from_safetensors(&ckpt, &Device::Cpu)?;
+    let mut encoder = Encoder::from_safetensors(&ckpt, &Device::Cpu)?;
+    if args.random_init {
+        let model = simclr_model::SimClr::new(encoder.config(), &Device::Cpu, args.init_seed)?;
+        let p = encoder.preprocess();
+        encoder = Encoder::new(model, p.height, p.mean.clone(), p.std.clone());
+    }
     encoder
         .save(&args.out, args.with_head)
         .with_context(|| format!("while writing `{}`", args.out.display()))?;
@@ -58,6 +76,12 @@ pub fn export(args: &ExportArgs) -> anyhow::Result<()> {
             ""
         }
     );
+    if args.random_init {
+        eprintln!(
+            "  randomly initialised (seed {}): a baseline, not trained weights",
+            args.init_seed
+        );
+    }
     Ok(())
 }
 
