@@ -277,6 +277,59 @@ pub fn supcon(embeddings: &Tensor, labels: &[u32], temperature: f64) -> Result<T
     (per_anchor.sum_all()? / anchors as f64)?.neg()
 }
 
+/// [`supcon`] for one rank of a data-parallel run: this rank's `local` rows as anchors
+/// against the `keys` gathered from every rank (rank order; `local` is block `rank`), with
+/// `labels` the labels of all the keys. Positives are the other keys sharing the anchor's
+/// label, on any rank. The loss is this rank's share of the global mean: the sum over its
+/// anchors divided by the number of anchors with a positive in the whole global batch, times
+/// the world size, so that the mean over ranks (what averaging gradients computes) is
+/// [`supcon`] of the whole batch. The gather needs the gradient rule of
+/// [`nt_xent_gathered`]'s.
+///
+/// # Shapes
+/// `local`: `[m, D]`, `keys`: `[world · m, D]`, `labels`: `world · m` → scalar.
+pub fn supcon_gathered(
+    local: &Tensor,
+    keys: &Tensor,
+    labels: &[u32],
+    rank: usize,
+    temperature: f64,
+) -> Result<Tensor> {
+    check_temperature(temperature)?;
+    let (m, d) = check_rank2(local, "local views")?;
+    let k = check_labels(keys, labels)?;
+    if keys.dim(1)? != d || m == 0 || k % m != 0 || rank >= k / m {
+        bail!(
+            "gathered keys {:?} must be world × {m} rows of dimension {d} with rank {rank} < world",
+            keys.dims()
+        )
+    }
+    let world = k / m;
+    let offset = rank * m;
+    let counts: Vec<usize> = label_counts(labels).iter().map(|&c| c - 1).collect();
+    let anchors = counts.iter().filter(|&&c| c > 0).count();
+    if anchors == 0 {
+        bail!("supcon needs at least two rows sharing a label; every label is unique")
+    }
+    let q = l2_normalize(local)?;
+    let kk = l2_normalize(keys)?;
+    let logits = (q.matmul(&kk.t()?)? / temperature)?; // [m, K]
+    let mask = self_pair_mask(m, k, offset, &logits)?;
+    let not_self = mask.affine(-1.0 / MASKED, 1.0)?; // 0 at the self-pair, 1 elsewhere
+    let logp = candle_nn::ops::log_softmax(&(logits + mask)?, D::Minus1)?;
+    let mine = &labels[offset..offset + m];
+    let l_all = Tensor::from_slice(labels, (1, k), q.device())?;
+    let l_mine = Tensor::from_slice(mine, (m, 1), q.device())?;
+    let pos = (l_mine.broadcast_eq(&l_all)?.to_dtype(q.dtype())? * not_self)?;
+    let inv: Vec<f64> = counts[offset..offset + m]
+        .iter()
+        .map(|&c| if c > 0 { 1.0 / c as f64 } else { 0.0 })
+        .collect();
+    let inv = Tensor::from_vec(inv, m, q.device())?.to_dtype(q.dtype())?;
+    let per_anchor = (logp * pos)?.sum(1)?.mul(&inv)?; // [m]
+    (per_anchor.sum_all()? * (world as f64 / anchors as f64))?.neg()
+}
+
 /// Squared euclidean distances between L2-normalised rows: `2 − 2 cos`, clamped at 0.
 fn sq_distances(z: &Tensor) -> Result<Tensor> {
     let s = z.matmul(&z.t()?)?;

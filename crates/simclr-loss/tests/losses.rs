@@ -4,7 +4,8 @@
 use candle_core::{DType, Device, Tensor, Var};
 use simclr_loss::{
     LossConfig, LossKind, Mining, Pairs, arcface, contrastive_accuracy, margin_contrastive,
-    nt_xent, nt_xent_gathered, scalar, supcon, triplet, triplet_batch_hard, view_labels,
+    nt_xent, nt_xent_gathered, scalar, supcon, supcon_gathered, triplet, triplet_batch_hard,
+    view_labels,
 };
 
 fn t64(rows: &[[f64; 3]]) -> Tensor {
@@ -482,4 +483,36 @@ fn metric_losses_refuse_bad_input() {
     assert!(msg(arcface(&z, &w3, &[0, 1, 1], 0.5, 64.0)).contains("3 columns"));
     assert_eq!("semi_hard".parse::<Mining>().unwrap(), Mining::SemiHard);
     assert!("hardest".parse::<Mining>().is_err());
+}
+
+/// SupCon split across ranks: the mean over ranks of each rank's gathered loss is SupCon of
+/// the whole batch, and so is its gradient with respect to every key (the sum over ranks the
+/// gather's backward computes). Labels are uneven across ranks (rank 1 has a unique label),
+/// so a plain mean of per-rank means would be off.
+#[test]
+fn gathered_supcon_averages_to_the_whole_batch_loss_and_gradient() {
+    let x = random(12, 4, 41);
+    let labels = [0, 1, 0, 2, 0, 1, 2, 2, 3, 1, 0, 2];
+    let whole = |t: &Tensor| supcon(t, &labels, 0.4).unwrap();
+    for world in [1, 2, 3] {
+        let m = 12 / world;
+        let split = |t: &Tensor| {
+            let parts: Vec<Tensor> = (0..world)
+                .map(|r| {
+                    supcon_gathered(&t.narrow(0, r * m, m).unwrap(), t, &labels, r, 0.4).unwrap()
+                })
+                .collect();
+            (Tensor::stack(&parts, 0).unwrap().sum_all().unwrap() / world as f64).unwrap()
+        };
+        let t = tensor(&x);
+        assert!(
+            (value(&split(&t)) - value(&whole(&t))).abs() < 1e-12,
+            "world {world}"
+        );
+        // The gradients agree: check both against finite differences.
+        check_grad(&split, &x);
+    }
+    check_grad(&whole, &x);
+    let e = supcon_gathered(&tensor(&x[..5]), &tensor(&x), &labels, 0, 0.4).unwrap_err();
+    assert!(e.to_string().contains("world ×"), "{e}");
 }

@@ -571,10 +571,15 @@ impl Trainer {
                 config.batch_size
             )));
         }
-        if world > 1 && config.loss != simclr_loss::LossKind::NtXent {
+        if world > 1
+            && !matches!(
+                config.loss,
+                simclr_loss::LossKind::NtXent | simclr_loss::LossKind::SupCon
+            )
+        {
             return Err(TrainError::Config(format!(
-                "--loss {} runs in one process only; data-parallel runs gather negatives for \
-                 ntxent",
+                "--loss {} runs in one process only; data-parallel runs gather the negatives \
+                 of ntxent and supcon",
                 config.loss
             )));
         }
@@ -1061,8 +1066,26 @@ impl Trainer {
         let (loss, active) = if self.comm.world() > 1 {
             // This rank's 2n views against the views of every rank.
             let keys = simclr_dist::all_gather_with_grad(&self.comm, &z)?;
-            let loss =
-                simclr_loss::nt_xent_gathered(&z, &keys, self.comm.rank(), self.loss.temperature)?;
+            let (rank, tau) = (self.comm.rank(), self.loss.temperature);
+            let loss = if self.loss.kind == simclr_loss::LossKind::SupCon {
+                // Every rank's labels, in the keys' order (two views each).
+                let Some(l) = labels else {
+                    return Err(TrainError::Config(
+                        "--loss supcon needs class labels".into(),
+                    ));
+                };
+                let mine: Vec<f64> = l.iter().chain(l).map(|&v| f64::from(v)).collect();
+                let all: Vec<u32> = self
+                    .comm
+                    .all_gather_f64(&mine)
+                    .map_err(|e| candle_core::Error::Msg(e.to_string()))?
+                    .into_iter()
+                    .map(|v| v as u32)
+                    .collect();
+                simclr_loss::supcon_gathered(&z, &keys, &all, rank, tau)?
+            } else {
+                simclr_loss::nt_xent_gathered(&z, &keys, rank, tau)?
+            };
             (loss, None)
         } else {
             let w = self.class_weight.as_ref().map(Var::as_tensor);

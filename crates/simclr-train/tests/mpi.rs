@@ -209,6 +209,27 @@ fn two_ranks_equal_one_process_with_global_bn(
         max_steps: Some(STEPS),
         ..tiny()
     };
+    two_ranks_equal_one_process(comm, keep, cfg)
+}
+
+/// SupCon gathers labels with the keys: 2 ranks equal 1 process as for NT-Xent.
+fn supcon_two_ranks_equal_one_process(comm: &Comm, keep: &mut Vec<tempfile::TempDir>) -> Check {
+    let cfg = TrainConfig {
+        max_steps: Some(STEPS),
+        loss: simclr_loss::LossKind::SupCon,
+        temperature: 0.2,
+        ..tiny()
+    };
+    two_ranks_equal_one_process(comm, keep, cfg)
+}
+
+/// `cfg` on both ranks (global BatchNorm) against `cfg` in one process: per-step losses within
+/// 1e-5 and every tensor of the final checkpoints within 1e-4 of its scale.
+fn two_ranks_equal_one_process(
+    comm: &Comm,
+    keep: &mut Vec<tempfile::TempDir>,
+    cfg: TrainConfig,
+) -> Check {
     let dir = shared_dir(comm, keep);
     // Rank 1 writes nothing: give it a directory that must stay absent.
     let out = if comm.is_primary() {
@@ -332,7 +353,7 @@ fn a_two_rank_checkpoint_resumes_in_one_process(
 fn main() {
     if !simclr_dist::launched_by_mpirun() {
         println!("the MPI tests run under mpirun (scripts/mpi-tests.sh); skipped");
-        println!("0 passed, 0 failed, 4 skipped");
+        println!("0 passed, 0 failed, 5 skipped");
         return;
     }
     let comm = simclr_dist::mpi_world().expect("MPI initialises");
@@ -347,6 +368,10 @@ fn main() {
         (
             "two_ranks_equal_one_process_with_global_bn",
             Box::new(|k| two_ranks_equal_one_process_with_global_bn(&comm, k)),
+        ),
+        (
+            "supcon_two_ranks_equal_one_process",
+            Box::new(|k| supcon_two_ranks_equal_one_process(&comm, k)),
         ),
         (
             "without_global_bn_the_difference_shows",
