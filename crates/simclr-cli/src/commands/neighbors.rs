@@ -403,6 +403,13 @@ pub fn run(args: &NeighborsArgs) -> anyhow::Result<()> {
             l.truncate(n);
         }
     }
+    if queries.rows() == 0 || gallery.rows() == 0 {
+        bail!(
+            "nothing to search: {} queries against {} gallery images",
+            queries.rows(),
+            gallery.rows()
+        );
+    }
     // One set: the same source and split, so each query is excluded from its own hits.
     let same_set = gallery.source.is_some()
         && gallery.source == queries.source
