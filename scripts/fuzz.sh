@@ -26,7 +26,10 @@ fi
 
 # No sanitizer: the parsers are safe Rust, and what fuzzing looks for here is a panic, an
 # overflow (debug assertions are on), a hang or an allocation the file's size does not justify.
-cargo +nightly fuzz build -s none -O 2>&1 | tail -1
+# Built outside the clone by default (SIMCLR_FUZZ_TARGET_DIR), so repeated runs reuse it.
+fuzz_target=${SIMCLR_FUZZ_TARGET_DIR:-$HOME/.cache/simclr-rs/target-fuzz}
+cargo +nightly fuzz build -s none -O --target-dir "$fuzz_target" 2>&1 | tail -1
+bin_dir=$fuzz_target/x86_64-unknown-linux-gnu/release
 work=${SIMCLR_FUZZ_CORPUS:-$HOME/.cache/simclr-rs/fuzz-corpus}
 # Each target's libFuzzer output is kept (the last run's) beside the corpus.
 logs=${SIMCLR_FUZZ_LOGS:-$HOME/.cache/simclr-rs/fuzz-logs}
@@ -48,9 +51,11 @@ for t in "${targets[@]}"; do
     log="$logs/$t.log"
     # A 2 GB memory limit: a file of at most 256 KB that makes a reader allocate more is a
     # finding, as is an input that takes over 10 s.
-    if ! cargo +nightly fuzz run -s none -O "$t" "$work/$t" "fuzz/corpus/$t" -- \
+    # The binaries built above, run directly: `cargo fuzz run` would rebuild each target
+    # from the working tree as it is at that moment.
+    if ! "$bin_dir/$t" "$work/$t" "fuzz/corpus/$t" \
         -max_total_time="$seconds" -max_len="$(max_len "$t")" -rss_limit_mb=2048 \
-        -timeout=10 -print_final_stats=1 \
+        -timeout=10 -print_final_stats=1 -artifact_prefix="$PWD/fuzz/artifacts/$t/" \
         >"$log" 2>&1; then
         failed=1
         echo "== $t FAILED; its input is in fuzz/artifacts/$t/:" >&2
