@@ -111,8 +111,27 @@ fn decode(path: &Path) -> Result<Image, String> {
         .with_guessed_format()
         .map_err(|e| e.to_string())?;
     reader.limits(decode_limits());
-    let img = reader.decode().map_err(|e| e.to_string())?;
+    let img = decode_guarded(reader)?;
     Image::from_dynamic(&img).map_err(|e| e.to_string())
+}
+
+/// Decodes with `reader`, turning a panic inside the decoder into an error: a crafted file
+/// can make a third-party decoder panic (fuzzing found an index out of bounds in zune-jpeg's
+/// progressive decoder), and one bad file must not end the program.
+pub fn decode_guarded<R: std::io::BufRead + std::io::Seek>(
+    reader: image::ImageReader<R>,
+) -> Result<image::DynamicImage, String> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reader.decode())) {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(payload) => {
+            let what = payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Err(format!("the image decoder crashed on this file ({what})"))
+        }
+    }
 }
 
 /// Opens an image folder (see the module docs for the layout).

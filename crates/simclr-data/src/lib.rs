@@ -30,7 +30,7 @@ use std::str::FromStr;
 
 pub use crate::dataset::{ChannelStats, Dataset, InMemoryDataset, Sample, Skipped, channel_stats};
 pub use crate::error::DataError;
-pub use crate::folder::decode_limits;
+pub use crate::folder::{decode_guarded, decode_limits};
 pub use crate::image::{Image, ImageError};
 
 /// On-disk dataset formats.

@@ -726,3 +726,35 @@ fn separate_splits_are_told_apart_from_one_set_read_for_both() {
         Err(DataError::NotFound { .. })
     ));
 }
+
+/// Found by fuzzing: a 713-byte progressive JPEG on which zune-jpeg (the image crate's JPEG
+/// decoder) panics with an index out of bounds. The panic is caught and the file named, like
+/// any undecodable image, and `--skip-bad-images` passes over it.
+#[test]
+fn a_decoder_that_panics_is_an_error_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let class = dir.path().join("a");
+    std::fs::create_dir(&class).unwrap();
+    let crash = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/zune-jpeg-progressive-crash.jpg");
+    std::fs::copy(&crash, class.join("bad.jpg")).unwrap();
+    save_png(&class.join("ok.png"), 8, 8, false);
+    let opts = OpenOptions {
+        format: Some(Format::Folder),
+        ..OpenOptions::default()
+    };
+    let err = err_text(open(dir.path(), &opts).unwrap_err());
+    assert!(
+        err.contains("bad.jpg") && err.contains("the image decoder crashed on this file"),
+        "{err}"
+    );
+    let ds = open(
+        dir.path(),
+        &OpenOptions {
+            skip_bad_images: true,
+            ..opts
+        },
+    )
+    .unwrap();
+    assert_eq!((ds.len(), ds.skipped().len()), (1, 1));
+}

@@ -262,7 +262,7 @@ fn image_files_side(files: &[PathBuf], encoder: Option<&Encoder>) -> anyhow::Res
             .map_err(anyhow::Error::from)
             .and_then(|mut r| {
                 r.limits(simclr_data::decode_limits());
-                r.decode().map_err(anyhow::Error::from)
+                simclr_data::decode_guarded(r).map_err(|e| anyhow::anyhow!(e))
             })
             .and_then(|d| Image::from_dynamic(&d).map_err(anyhow::Error::from))
             .with_context(|| format!("cannot decode the query image `{}`", f.display()))?;
