@@ -210,6 +210,17 @@ pub struct Summary {
     pub checkpoint: Option<PathBuf>,
 }
 
+/// The optimiser slots a checkpoint saved under `prefix` (`optimizer.<param>.`), by slot name.
+fn optimizer_slots(file: &SafetensorsFile, prefix: &str) -> Vec<(String, Tensor)> {
+    file.tensors
+        .iter()
+        .filter_map(|(k, t)| {
+            k.strip_prefix(prefix)
+                .map(|slot| (slot.to_string(), t.clone()))
+        })
+        .collect()
+}
+
 /// A linear classifier trained on the detached representations during pretraining (the
 /// online evaluation of solo-learn and the official SimCLR code): SGD with momentum 0.9 at
 /// learning rate 0.1, no weight decay, on the cross-entropy of both views' labels. Its
@@ -290,16 +301,7 @@ impl OnlineProbe {
         }
         let state = ["weight", "bias"]
             .iter()
-            .map(|name| {
-                let prefix = format!("probe_optimizer.{name}.");
-                file.tensors
-                    .iter()
-                    .filter_map(|(k, t)| {
-                        k.strip_prefix(&prefix)
-                            .map(|slot| (slot.to_string(), t.clone()))
-                    })
-                    .collect()
-            })
+            .map(|name| optimizer_slots(file, &format!("probe_optimizer.{name}.")))
             .collect();
         self.optimizer.load_state(state, steps)?;
         Ok(())
@@ -518,16 +520,7 @@ impl Trainer {
         let state = trainer
             .params
             .iter()
-            .map(|(name, _)| {
-                let prefix = format!("optimizer.{name}.");
-                file.tensors
-                    .iter()
-                    .filter_map(|(k, t)| {
-                        k.strip_prefix(&prefix)
-                            .map(|slot| (slot.to_string(), t.clone()))
-                    })
-                    .collect()
-            })
+            .map(|(name, _)| optimizer_slots(&file, &format!("optimizer.{name}.")))
             .collect();
         trainer
             .optimizer

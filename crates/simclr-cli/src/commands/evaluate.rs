@@ -8,7 +8,6 @@ use candle_core::{Device, Tensor};
 use clap::Args;
 use simclr_data::{Dataset, Format, Split};
 use simclr_eval::{Encoder, Features, ProbeConfig};
-use simclr_model::SimClr;
 use simclr_model::io::{self, SafetensorsFile};
 
 use crate::DataArgs;
@@ -136,9 +135,7 @@ fn load_encoder(args: &EvalArgs, dev: &Device) -> anyhow::Result<(Encoder, PathB
     let path = checkpoint_path(&args.checkpoint);
     let mut encoder = Encoder::from_safetensors(&path, dev)?;
     if args.random_init {
-        let model = SimClr::new(encoder.config(), dev, args.init_seed)?;
-        let p = encoder.preprocess();
-        encoder = Encoder::new(model, p.height, p.mean.clone(), p.std.clone());
+        encoder = crate::commands::weights::reinitialised(&encoder, args.init_seed, dev)?;
     }
     Ok((encoder, path))
 }

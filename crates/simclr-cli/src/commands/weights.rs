@@ -42,6 +42,14 @@ pub struct ExportArgs {
     pub init_seed: u64,
 }
 
+/// A randomly initialised encoder (seeded) of `encoder`'s architecture and preprocessing: the
+/// baseline pretraining must beat.
+pub fn reinitialised(encoder: &Encoder, seed: u64, dev: &Device) -> anyhow::Result<Encoder> {
+    let model = simclr_model::SimClr::new(encoder.config(), dev, seed)?;
+    let p = encoder.preprocess();
+    Ok(Encoder::new(model, p.height, p.mean.clone(), p.std.clone()))
+}
+
 /// `DIR` → `DIR/last.safetensors`; a file stays itself.
 pub fn checkpoint_path(p: &Path) -> PathBuf {
     if p.is_dir() {
@@ -56,9 +64,7 @@ pub fn export(args: &ExportArgs) -> anyhow::Result<()> {
     let ckpt = checkpoint_path(&args.checkpoint);
     let mut encoder = Encoder::from_safetensors(&ckpt, &Device::Cpu)?;
     if args.random_init {
-        let model = simclr_model::SimClr::new(encoder.config(), &Device::Cpu, args.init_seed)?;
-        let p = encoder.preprocess();
-        encoder = Encoder::new(model, p.height, p.mean.clone(), p.std.clone());
+        encoder = reinitialised(&encoder, args.init_seed, &Device::Cpu)?;
     }
     encoder
         .save(&args.out, args.with_head)
