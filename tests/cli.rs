@@ -963,3 +963,54 @@ fn neighbors_finds_the_nearest_images_draws_them_and_measures_retrieval() {
         assert!(stderr(&out).contains(message), "{args:?}: {}", stderr(&out));
     }
 }
+
+/// The per-step losses of a run's metrics.jsonl.
+fn losses(run: &Path) -> Vec<f64> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["event"].is_null())
+        .map(|v| v["loss"].as_f64().unwrap())
+        .collect()
+}
+
+#[test]
+fn pretrain_through_the_decoded_cache_trains_as_the_lazy_folder_does() {
+    let dir = tempfile::tempdir().unwrap();
+    // 16x16 images at --image-size 16: the cache's resize is the identity, so a run from the
+    // cache must see exactly the pixels a lazily read run decodes.
+    for class in ["a", "b"] {
+        let d = dir.path().join("data").join(class);
+        std::fs::create_dir_all(&d).unwrap();
+        for i in 0..16u32 {
+            image::GrayImage::from_fn(16, 16, |x, y| {
+                image::Luma([
+                    ((x * 13 + y * 7 + i * 29) % 256) as u8 / if class == "a" { 1 } else { 2 }
+                ])
+            })
+            .save(d.join(format!("{i}.png")))
+            .unwrap();
+        }
+    }
+    let run = |out: &str, cache: bool| {
+        let mut args = TINY.to_vec();
+        args.extend(["--data", "data", "--out", out, "--epochs", "2"]);
+        if cache {
+            args.extend(["--cache", "cache"]);
+        }
+        let o = simclr(&args, dir.path());
+        assert!(o.status.success(), "{}", stderr(&o));
+        losses(&dir.path().join(out))
+    };
+    let lazy = run("lazy", false);
+    assert_eq!(lazy.len(), 4, "2 epochs of 2 steps");
+    assert_eq!(run("built", true), lazy, "building the cache");
+    let files = std::fs::read_dir(dir.path().join("cache")).unwrap().count();
+    assert_eq!(files, 1, "one cache file, no temporary");
+    assert_eq!(run("reused", true), lazy, "reusing it");
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("cache")).unwrap().count(),
+        1
+    );
+}

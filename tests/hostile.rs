@@ -246,20 +246,46 @@ fn dataset_files_whose_counts_disagree_with_their_size() {
 #[test]
 fn broken_and_unusual_images_in_a_folder() {
     let png = std::fs::read(seed("image_folder", "sample.rgb.png")).unwrap();
-    for (what, bytes) in [
-        ("zero bytes", Vec::new()),
-        ("a truncated PNG", png[..300.min(png.len() - 1)].to_vec()),
+    let at_open = "while opening the dataset at `d`: cannot decode image `d/a/bad.png`: …";
+    // Folders are read lazily: opening checks each file's header, so a file whose header is
+    // intact but whose pixels are cut off is found when its image is read.
+    let at_read = "while reading the images of `d`: cannot decode image `d/a/bad.png`: …";
+    // The decoded cache decodes every file before training: every case is refused at open,
+    // with no run directory and no cache folder left behind.
+    let cached = &[
+        "pretrain",
+        "--data",
+        "d",
+        "--cache",
+        "c",
+        "--out",
+        "r",
+        "--image-size",
+        "8",
+        "--width",
+        "0.125",
+        "--batch-size",
+        "2",
+        "--max-steps",
+        "1",
+    ];
+    for (what, bytes, preview) in [
+        ("zero bytes", Vec::new(), at_open),
+        (
+            "a truncated PNG",
+            png[..300.min(png.len() - 1)].to_vec(),
+            at_read,
+        ),
         (
             "not an image at all",
             b"\x89PNG\r\n\x1a\nnot really".to_vec(),
+            at_open,
         ),
     ] {
         eprintln!("case: {what}");
-        refused(
-            &[("d/a/ok.png", png.clone()), ("d/a/bad.png", bytes)],
-            PREVIEW,
-            "while opening the dataset at `d`: cannot decode image `d/a/bad.png`: …",
-        );
+        let files = [("d/a/ok.png", png.clone()), ("d/a/bad.png", bytes)];
+        refused(&files, PREVIEW, preview);
+        refused(&files, cached, at_open);
     }
     // CMYK JPEG, 16-bit grey, palette and RGBA PNGs are decoded (to 8-bit grey or RGB).
     let dir = tempfile::tempdir().unwrap();

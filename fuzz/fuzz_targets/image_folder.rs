@@ -33,8 +33,15 @@ fuzz_target!(
                 ..OpenOptions::default()
             };
             if let Ok(ds) = open(&dir, &opts) {
-                let s = ds.get(0);
+                let s = ds.get(0).expect("decoded at open");
                 assert!(s.image.width() > 0 && s.image.height() > 0);
+            }
+            // Lazily: the header check at open, the decode at the read, either may refuse.
+            if let Ok(ds) = simclr_data::open_folder(&dir, opts.split, skip_bad_images, None)
+                && let Ok(s) = ds.get(0)
+            {
+                assert!(s.image.width() > 0 && s.image.height() > 0);
+                assert_eq!(s.image.channels(), ds.channels());
             }
         }
     }

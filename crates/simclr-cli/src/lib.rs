@@ -3,7 +3,8 @@
 
 mod commands;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -22,7 +23,7 @@ impl Cli {
         }
     }
 }
-use simclr_data::{Format, InMemoryDataset, OpenOptions, Split};
+use simclr_data::{CacheOptions, Dataset, Format, Image, OpenOptions, Split};
 
 /// The error [`run`] returns when `simclr pretrain` stopped at Ctrl-C, after saving its
 /// checkpoint and printing how to resume: the binary exits with status 130 (128 + SIGINT, as
@@ -99,20 +100,77 @@ pub struct DataArgs {
 }
 
 impl DataArgs {
-    /// Opens the dataset, printing a warning for each skipped image.
-    pub fn open(&self) -> anyhow::Result<InMemoryDataset> {
-        let ds = match &self.data {
-            None => simclr_data::sample::fashion_mnist(self.split)
-                .context("while reading the bundled Fashion-MNIST sample")?,
-            Some(path) => simclr_data::open(
-                path,
-                &OpenOptions {
+    /// Opens the dataset (an image folder lazily: see [`simclr_data::FolderDataset`]),
+    /// printing a warning for each skipped image.
+    pub fn open(&self) -> anyhow::Result<Arc<dyn Dataset>> {
+        self.open_cached(None, 0)
+    }
+
+    /// [`Self::open`], with an image folder read through a decoded cache in `cache` of its
+    /// images resized to `image_size` (built first, with a progress bar, when the folder has
+    /// none or changed).
+    pub fn open_cached(
+        &self,
+        cache: Option<&Path>,
+        image_size: u32,
+    ) -> anyhow::Result<Arc<dyn Dataset>> {
+        let ds: Arc<dyn Dataset> = match &self.data {
+            None if cache.is_some() => {
+                eprintln!(
+                    "note: --cache applies to image folders; the bundled sample is in memory"
+                );
+                Arc::new(
+                    simclr_data::sample::fashion_mnist(self.split)
+                        .context("while reading the bundled Fashion-MNIST sample")?,
+                )
+            }
+            None => Arc::new(
+                simclr_data::sample::fashion_mnist(self.split)
+                    .context("while reading the bundled Fashion-MNIST sample")?,
+            ),
+            Some(path) => {
+                let options = OpenOptions {
                     format: self.format,
                     split: self.split,
                     skip_bad_images: self.skip_bad_images,
-                },
-            )
-            .with_context(|| format!("while opening the dataset at `{}`", path.display()))?,
+                };
+                let resizer = simclr_augment::AugmentConfig::simclr(image_size.max(1), 1);
+                let resize = |img: &Image| resizer.eval_image(img);
+                let mut bar = None;
+                let mut progress = |done: usize, total: usize| {
+                    bar.get_or_insert_with(|| {
+                        progress_bar(total as u64, "decoding images into the cache")
+                    })
+                    .set_position(done as u64);
+                };
+                let cache = cache.map(|dir| CacheOptions {
+                    dir,
+                    height: image_size,
+                    width: image_size,
+                    resize: &resize,
+                    resize_name: "simclr-augment eval_image (whole image, bilinear) 1",
+                    progress: &mut progress,
+                });
+                if cache.is_some()
+                    && self
+                        .format
+                        .map_or_else(|| simclr_data::detect(path), Ok)
+                        .ok()
+                        != Some(Format::Folder)
+                {
+                    eprintln!(
+                        "note: --cache applies to image folders; `{}` is read into memory as it is",
+                        path.display()
+                    );
+                }
+                let ds = simclr_data::open_any(path, &options, cache).with_context(|| {
+                    format!("while opening the dataset at `{}`", path.display())
+                })?;
+                if let Some(b) = bar {
+                    b.finish_and_clear();
+                }
+                ds
+            }
         };
         for s in ds.skipped() {
             eprintln!("warning: skipped `{}`: {}", s.path.display(), s.reason);

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 
-use crate::{Format, Image};
+use crate::{DataError, Format, Image};
 
 /// One item of a dataset.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -30,9 +30,19 @@ pub trait Dataset: Send + Sync {
 
     /// Item `index`.
     ///
+    /// # Errors
+    /// Datasets that read their files lazily ([`crate::FolderDataset`]) return the file's
+    /// error when it can no longer be read or decoded; in-memory datasets never fail.
+    ///
     /// # Panics
     /// If `index >= self.len()`, as slice indexing does.
-    fn get(&self, index: usize) -> Sample;
+    fn get(&self, index: usize) -> Result<Sample, DataError>;
+
+    /// The label of item `index`, without reading its image.
+    ///
+    /// # Panics
+    /// If `index >= self.len()`.
+    fn label(&self, index: usize) -> Option<u32>;
 
     /// Channel count shared by every image: 1 (grayscale) or 3 (RGB).
     fn channels(&self) -> u8;
@@ -53,6 +63,47 @@ pub trait Dataset: Send + Sync {
     /// May panic if `index >= self.len()`.
     fn item_path(&self, _index: usize) -> Option<&Path> {
         None
+    }
+
+    /// Files left out as undecodable (with `skip_bad_images`), for the caller to report.
+    fn skipped(&self) -> &[Skipped] {
+        &[]
+    }
+}
+
+/// A shared dataset is a dataset (what [`crate::open_any`] returns can go wherever a
+/// `&dyn Dataset` is wanted).
+impl<T: Dataset + ?Sized> Dataset for std::sync::Arc<T> {
+    fn len(&self) -> usize {
+        (**self).len()
+    }
+
+    fn get(&self, index: usize) -> Result<Sample, DataError> {
+        (**self).get(index)
+    }
+
+    fn label(&self, index: usize) -> Option<u32> {
+        (**self).label(index)
+    }
+
+    fn channels(&self) -> u8 {
+        (**self).channels()
+    }
+
+    fn num_classes(&self) -> Option<usize> {
+        (**self).num_classes()
+    }
+
+    fn class_names(&self) -> Option<&[String]> {
+        (**self).class_names()
+    }
+
+    fn item_path(&self, index: usize) -> Option<&Path> {
+        (**self).item_path(index)
+    }
+
+    fn skipped(&self) -> &[Skipped] {
+        (**self).skipped()
     }
 }
 
@@ -132,11 +183,6 @@ impl InMemoryDataset {
         &self.images
     }
 
-    /// Files skipped as undecodable (only with `skip_bad_images`); the caller warns about them.
-    pub fn skipped(&self) -> &[Skipped] {
-        &self.skipped
-    }
-
     /// Keeps the first `n` items (all when `n >= len`), e.g. for quick runs on a subset. At
     /// least one item is kept: a dataset is never empty.
     pub fn truncate(&mut self, n: usize) {
@@ -156,11 +202,15 @@ impl Dataset for InMemoryDataset {
         self.images.len()
     }
 
-    fn get(&self, index: usize) -> Sample {
-        Sample {
+    fn get(&self, index: usize) -> Result<Sample, DataError> {
+        Ok(Sample {
             image: self.images[index].clone(),
-            label: self.labels.as_ref().map(|l| l[index]),
-        }
+            label: self.label(index),
+        })
+    }
+
+    fn label(&self, index: usize) -> Option<u32> {
+        self.labels.as_ref().map(|l| l[index])
     }
 
     fn channels(&self) -> u8 {
@@ -177,6 +227,10 @@ impl Dataset for InMemoryDataset {
 
     fn item_path(&self, index: usize) -> Option<&Path> {
         self.paths.as_ref().map(|p| p[index].as_path())
+    }
+
+    fn skipped(&self) -> &[Skipped] {
+        &self.skipped
     }
 }
 
@@ -197,9 +251,12 @@ pub struct ChannelStats {
 /// `f64` once at the end, so the result does not depend on dataset size or summation order;
 /// images are read in parallel.
 ///
+/// # Errors
+/// The first item that cannot be read (lazily read datasets only).
+///
 /// # Panics
 /// If the dataset is empty (what [`crate::open`] returns never is).
-pub fn channel_stats<D: Dataset + ?Sized>(dataset: &D) -> ChannelStats {
+pub fn channel_stats<D: Dataset + ?Sized>(dataset: &D) -> Result<ChannelStats, DataError> {
     assert!(!dataset.is_empty(), "channel_stats of an empty dataset");
     let c = usize::from(dataset.channels());
     // Per channel: (sum of values, sum of squares); plus the pixel count.
@@ -207,7 +264,7 @@ pub fn channel_stats<D: Dataset + ?Sized>(dataset: &D) -> ChannelStats {
     let (sums, n) = (0..dataset.len())
         .into_par_iter()
         .map(|i| {
-            let img = dataset.get(i).image;
+            let img = dataset.get(i)?.image;
             let mut sums = vec![(0u64, 0u64); c];
             for px in img.data().chunks_exact(c) {
                 for (s, &v) in sums.iter_mut().zip(px) {
@@ -217,22 +274,23 @@ pub fn channel_stats<D: Dataset + ?Sized>(dataset: &D) -> ChannelStats {
                 }
             }
             let n = u128::from(img.width()) * u128::from(img.height());
-            (sums, n)
+            Ok((sums, n))
         })
-        .fold(zero, |(mut acc, n), (sums, m)| {
+        .try_fold(zero, |(mut acc, n), item: Result<_, DataError>| {
+            let (sums, m) = item?;
             for (a, s) in acc.iter_mut().zip(sums) {
                 a.0 += u128::from(s.0);
                 a.1 += u128::from(s.1);
             }
-            (acc, n + m)
+            Ok((acc, n + m))
         })
-        .reduce(zero, |(mut a, n), (b, m)| {
+        .try_reduce(zero, |(mut a, n), (b, m)| {
             for (x, y) in a.iter_mut().zip(b) {
                 x.0 += y.0;
                 x.1 += y.1;
             }
-            (a, n + m)
-        });
+            Ok((a, n + m))
+        })?;
     let nf = n as f64;
     let mean = sums.iter().map(|&(s, _)| s as f64 / nf / 255.0).collect();
     // n² · variance = n·Σv² − (Σv)², exact in integers (Cauchy–Schwarz: never negative).
@@ -240,5 +298,5 @@ pub fn channel_stats<D: Dataset + ?Sized>(dataset: &D) -> ChannelStats {
         .iter()
         .map(|&(s, q)| ((n * q - s * s) as f64).sqrt() / nf / 255.0)
         .collect();
-    ChannelStats { mean, std }
+    Ok(ChannelStats { mean, std })
 }

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 
-use crate::{DataError, Image, InMemoryDataset, Skipped, Split};
+use crate::{DataError, Dataset, Image, InMemoryDataset, Sample, Skipped, Split};
 
 /// Extensions read, compared case-insensitively.
 pub(crate) const EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "bmp", "webp"];
@@ -105,7 +105,7 @@ pub fn decode_limits() -> image::Limits {
     limits
 }
 
-fn decode(path: &Path) -> Result<Image, String> {
+pub(crate) fn decode(path: &Path) -> Result<Image, String> {
     let mut reader = image::ImageReader::open(path)
         .map_err(|e| e.to_string())?
         .with_guessed_format()
@@ -134,12 +134,18 @@ pub fn decode_guarded<R: std::io::BufRead + std::io::Seek>(
     }
 }
 
-/// Opens an image folder (see the module docs for the layout).
-pub(crate) fn open(
-    path: &Path,
-    split: Split,
-    skip_bad_images: bool,
-) -> Result<InMemoryDataset, DataError> {
+/// The files of an image folder in dataset order, with their labels and class names.
+pub(crate) struct FolderIndex {
+    /// The folder read (the split's folder with a split layout).
+    pub(crate) root: PathBuf,
+    pub(crate) files: Vec<PathBuf>,
+    pub(crate) labels: Option<Vec<u32>>,
+    pub(crate) class_names: Option<Vec<String>>,
+}
+
+/// Lists the images of an image folder (see the module docs for the layout) without reading
+/// them.
+pub(crate) fn index(path: &Path, split: Split) -> Result<FolderIndex, DataError> {
     if !path.is_dir() {
         return Err(DataError::malformed(
             path,
@@ -198,30 +204,58 @@ pub(crate) fn open(
             extensions: EXTENSIONS.join(", "),
         });
     }
+    Ok(FolderIndex {
+        root,
+        files,
+        labels,
+        class_names,
+    })
+}
 
-    let decoded: Vec<Result<Image, String>> = files.par_iter().map(|f| decode(f)).collect();
-    let mut images = Vec::with_capacity(files.len());
-    let mut kept_labels = Vec::with_capacity(files.len());
-    let mut paths = Vec::with_capacity(files.len());
+/// What [`keep_good`] keeps.
+pub(crate) struct Kept<T> {
+    /// The kept items' positions in the index's files.
+    pub(crate) positions: Vec<usize>,
+    /// Their values.
+    pub(crate) values: Vec<T>,
+    /// The files left out.
+    pub(crate) skipped: Vec<Skipped>,
+}
+
+/// Keeps the items of `index` for which `results` holds `Ok`, or fails on the first `Err`
+/// unless `skip_bad_images`.
+pub(crate) fn keep_good<T>(
+    index: &FolderIndex,
+    results: Vec<Result<T, String>>,
+    skip_bad_images: bool,
+) -> Result<Kept<T>, DataError> {
+    let mut kept = Vec::with_capacity(results.len());
+    let mut values = Vec::with_capacity(results.len());
     let mut skipped = Vec::new();
-    for (i, (file, result)) in files.into_iter().zip(decoded).enumerate() {
+    for (i, result) in results.into_iter().enumerate() {
+        let file = &index.files[i];
         match result {
-            Ok(img) => {
-                images.push(img);
-                if let Some(l) = &labels {
-                    kept_labels.push(l[i]);
-                }
-                paths.push(file);
+            Ok(v) => {
+                kept.push(i);
+                values.push(v);
             }
-            Err(reason) if skip_bad_images => skipped.push(Skipped { path: file, reason }),
-            Err(reason) => return Err(DataError::BadImage { path: file, reason }),
+            Err(reason) if skip_bad_images => skipped.push(Skipped {
+                path: file.clone(),
+                reason,
+            }),
+            Err(reason) => {
+                return Err(DataError::BadImage {
+                    path: file.clone(),
+                    reason,
+                });
+            }
         }
     }
     if let Some(first) = skipped.first()
-        && images.is_empty()
+        && kept.is_empty()
     {
         return Err(DataError::malformed(
-            root,
+            &index.root,
             format!(
                 "none of its {} image files could be decoded (first: `{}`: {}); nothing is left to read",
                 skipped.len(),
@@ -230,16 +264,268 @@ pub(crate) fn open(
             ),
         ));
     }
+    Ok(Kept {
+        positions: kept,
+        values,
+        skipped,
+    })
+}
+
+/// Opens an image folder (see the module docs for the layout), decoding every image.
+pub(crate) fn open(
+    path: &Path,
+    split: Split,
+    skip_bad_images: bool,
+) -> Result<InMemoryDataset, DataError> {
+    let index = index(path, split)?;
+    let decoded: Vec<Result<Image, String>> = index.files.par_iter().map(|f| decode(f)).collect();
+    let Kept {
+        positions: kept,
+        values: mut images,
+        skipped,
+    } = keep_good(&index, decoded, skip_bad_images)?;
     if images.iter().any(|i| i.channels() == 3) {
         images = images.iter().map(Image::to_rgb).collect();
     }
-    let num_classes = class_names.as_ref().map(Vec::len);
-    let mut ds = InMemoryDataset::new(images, labels.map(|_| kept_labels));
+    let labels = index
+        .labels
+        .as_ref()
+        .map(|l| kept.iter().map(|&i| l[i]).collect());
+    let paths = kept.iter().map(|&i| index.files[i].clone()).collect();
+    let num_classes = index.class_names.as_ref().map(Vec::len);
+    let mut ds = InMemoryDataset::new(images, labels);
     ds.source = path.to_owned();
     ds.format = crate::Format::Folder;
     ds.num_classes = num_classes;
-    ds.class_names = class_names;
+    ds.class_names = index.class_names;
     ds.paths = Some(paths);
     ds.skipped = skipped;
     Ok(ds)
+}
+
+/// The channel count of an image file from its header (1 for grayscale, 3 otherwise, as
+/// [`Image::from_dynamic`] converts it), checking its size against [`decode_limits`]; the
+/// pixels are not decoded.
+pub(crate) fn probe(path: &Path) -> Result<u8, String> {
+    use image::ImageDecoder;
+    let mut reader = image::ImageReader::open(path)
+        .map_err(|e| e.to_string())?
+        .with_guessed_format()
+        .map_err(|e| e.to_string())?;
+    reader.limits(decode_limits());
+    let header = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let decoder = reader.into_decoder().map_err(|e| e.to_string())?;
+        let (w, h) = decoder.dimensions();
+        if w == 0 || h == 0 {
+            return Err(format!("the image is {w}x{h} pixels"));
+        }
+        Ok(if decoder.color_type().has_color() {
+            3
+        } else {
+            1
+        })
+    }));
+    header.unwrap_or_else(|_| Err("the image decoder crashed on this file's header".into()))
+}
+
+/// An image folder read lazily: the file list and labels in memory, each image decoded when
+/// it is asked for (by the loader's workers, a batch at a time), so memory does not grow with
+/// the folder. Opening reads every file's header (size and colour type, not pixels) to fix
+/// the channel count and to report unreadable files before training starts; with a decoded
+/// cache ([`crate::open_folder`] with [`crate::CacheOptions`]) items come from the cache file
+/// instead and opening reads no image at all.
+///
+/// A file that passes the header check but fails to decode later (its body is corrupt, or it
+/// changed since opening) is a [`DataError::BadImage`] from [`Dataset::get`]; with
+/// `skip_bad_images` the next decodable item takes its place and a warning names the file
+/// once.
+pub struct FolderDataset {
+    pub(crate) source: PathBuf,
+    pub(crate) files: Vec<PathBuf>,
+    pub(crate) labels: Option<Vec<u32>>,
+    pub(crate) class_names: Option<Vec<String>>,
+    pub(crate) channels: u8,
+    pub(crate) skipped: Vec<Skipped>,
+    pub(crate) skip_bad_images: bool,
+    pub(crate) store: Store,
+    pub(crate) late_skips: std::sync::Mutex<BTreeSet<PathBuf>>,
+}
+
+/// Where a [`FolderDataset`]'s pixels come from.
+pub(crate) enum Store {
+    /// Decoded from each file when asked for.
+    Files,
+    /// Read from the decoded cache.
+    Cache(crate::cache::CacheFile),
+}
+
+impl std::fmt::Debug for FolderDataset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FolderDataset")
+            .field("source", &self.source)
+            .field("len", &self.files.len())
+            .field("channels", &self.channels)
+            .field("cached", &matches!(self.store, Store::Cache(_)))
+            .finish_non_exhaustive()
+    }
+}
+
+impl FolderDataset {
+    /// Opens an image folder lazily (see the type's docs); only headers are read.
+    pub(crate) fn open(
+        path: &Path,
+        split: Split,
+        skip_bad_images: bool,
+    ) -> Result<Self, DataError> {
+        let index = index(path, split)?;
+        let probed: Vec<Result<u8, String>> = index.files.par_iter().map(|f| probe(f)).collect();
+        let Kept {
+            positions: kept,
+            values: channels,
+            skipped,
+        } = keep_good(&index, probed, skip_bad_images)?;
+        let channels = if channels.contains(&3) { 3 } else { 1 };
+        Ok(Self::from_index(
+            index,
+            &kept,
+            channels,
+            skipped,
+            skip_bad_images,
+            Store::Files,
+            path,
+        ))
+    }
+
+    pub(crate) fn from_index(
+        index: FolderIndex,
+        kept: &[usize],
+        channels: u8,
+        skipped: Vec<Skipped>,
+        skip_bad_images: bool,
+        store: Store,
+        source: &Path,
+    ) -> Self {
+        let labels = index
+            .labels
+            .as_ref()
+            .map(|l| kept.iter().map(|&i| l[i]).collect());
+        let files = kept.iter().map(|&i| index.files[i].clone()).collect();
+        Self {
+            source: source.to_owned(),
+            files,
+            labels,
+            class_names: index.class_names,
+            channels,
+            skipped,
+            skip_bad_images,
+            store,
+            late_skips: std::sync::Mutex::new(BTreeSet::new()),
+        }
+    }
+
+    /// The path the dataset was opened from.
+    pub fn source(&self) -> &Path {
+        &self.source
+    }
+
+    /// Whether items come from a decoded cache.
+    pub fn is_cached(&self) -> bool {
+        matches!(self.store, Store::Cache(_))
+    }
+
+    /// Item `index`'s image, read from its file or the cache.
+    fn image(&self, index: usize) -> Result<Image, DataError> {
+        let path = &self.files[index];
+        let img = match &self.store {
+            Store::Cache(cache) => return cache.image(index),
+            Store::Files => decode(path).map_err(|reason| DataError::BadImage {
+                path: path.clone(),
+                reason,
+            })?,
+        };
+        match (img.channels(), self.channels) {
+            (a, b) if a == b => Ok(img),
+            (1, 3) => Ok(img.to_rgb()),
+            _ => Err(DataError::BadImage {
+                path: path.clone(),
+                reason: "the file is in colour now but was grayscale when the folder was opened; \
+                         it changed during the run"
+                    .into(),
+            }),
+        }
+    }
+}
+
+impl Dataset for FolderDataset {
+    fn len(&self) -> usize {
+        self.files.len()
+    }
+
+    fn get(&self, index: usize) -> Result<Sample, DataError> {
+        let first = match self.image(index) {
+            Ok(image) => {
+                return Ok(Sample {
+                    image,
+                    label: self.label(index),
+                });
+            }
+            Err(e) if !self.skip_bad_images => return Err(e),
+            Err(e) => e,
+        };
+        self.note_late_skip(index, &first);
+        for k in 1..self.files.len() {
+            let j = (index + k) % self.files.len();
+            match self.image(j) {
+                Ok(image) => {
+                    return Ok(Sample {
+                        image,
+                        label: self.label(j),
+                    });
+                }
+                Err(e) => self.note_late_skip(j, &e),
+            }
+        }
+        Err(first)
+    }
+
+    fn label(&self, index: usize) -> Option<u32> {
+        self.labels.as_ref().map(|l| l[index])
+    }
+
+    fn channels(&self) -> u8 {
+        self.channels
+    }
+
+    fn num_classes(&self) -> Option<usize> {
+        self.class_names.as_ref().map(Vec::len)
+    }
+
+    fn class_names(&self) -> Option<&[String]> {
+        self.class_names.as_deref()
+    }
+
+    fn item_path(&self, index: usize) -> Option<&Path> {
+        Some(self.files[index].as_path())
+    }
+
+    fn skipped(&self) -> &[Skipped] {
+        &self.skipped
+    }
+}
+
+impl FolderDataset {
+    /// Warns once per file that failed to decode after opening and was replaced.
+    fn note_late_skip(&self, index: usize, err: &DataError) {
+        let path = &self.files[index];
+        let mut seen = self
+            .late_skips
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if seen.insert(path.clone()) {
+            eprintln!(
+                "warning: skipped `{}` during the run: {err}",
+                path.display()
+            );
+        }
+    }
 }

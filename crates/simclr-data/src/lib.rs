@@ -6,9 +6,12 @@
 //! what is wrong (truncated file, wrong magic number, count mismatch, undecodable image…):
 //! never a panic, never a silently wrong dataset.
 //!
-//! Every reader decodes the whole dataset at open into an [`InMemoryDataset`]: the datasets
-//! this trainer targets (MNIST, CIFAR-10, small image folders) fit in memory, and random
-//! access during training is then a cheap clone of reference-counted pixels.
+//! [`open`] decodes the whole dataset into an [`InMemoryDataset`]: MNIST and CIFAR-10 fit in
+//! memory, and random access during training is then a cheap clone of reference-counted
+//! pixels. [`open_any`] does the same for those formats but reads an image folder lazily
+//! ([`FolderDataset`]: the file list in memory, each image decoded when a batch needs it),
+//! optionally through a decoded cache ([`CacheOptions`]), so that a folder larger than memory
+//! trains in constant memory.
 //!
 //! We do not use candle-datasets' MNIST and CIFAR-10 readers: they pull in ~350 crates, want
 //! the exact unzipped file names and exactly 10,000 records per CIFAR file, and report no
@@ -16,6 +19,9 @@
 
 #![forbid(unsafe_code)]
 
+use std::sync::Arc;
+
+mod cache;
 mod cifar;
 mod dataset;
 mod error;
@@ -28,8 +34,10 @@ use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
 
+pub use crate::cache::CacheOptions;
 pub use crate::dataset::{ChannelStats, Dataset, InMemoryDataset, Sample, Skipped, channel_stats};
 pub use crate::error::DataError;
+pub use crate::folder::FolderDataset;
 pub use crate::folder::{decode_guarded, decode_limits};
 pub use crate::image::{Image, ImageError};
 
@@ -196,4 +204,52 @@ pub fn open(path: &Path, options: &OpenOptions) -> Result<InMemoryDataset, DataE
         Format::Cifar10 => cifar::open(path, options.split),
         Format::Folder => folder::open(path, options.split, options.skip_bad_images),
     }
+}
+
+/// Opens the image folder at `path` lazily ([`FolderDataset`]): only the file list and each
+/// file's header are read now; with `cache`, images come from a decoded cache, built first
+/// (every image decoded once, with progress reported) when the folder has none or changed.
+pub fn open_folder(
+    path: &Path,
+    split: Split,
+    skip_bad_images: bool,
+    cache: Option<CacheOptions<'_>>,
+) -> Result<FolderDataset, DataError> {
+    if !path.exists() {
+        return Err(DataError::NotFound {
+            path: path.to_owned(),
+        });
+    }
+    match cache {
+        None => FolderDataset::open(path, split, skip_bad_images),
+        Some(options) => cache::open(path, split, skip_bad_images, options),
+    }
+}
+
+/// Opens the dataset at `path` as [`open`] does, except that an image folder is read lazily
+/// ([`open_folder`], with `cache` when given); IDX and CIFAR-10 files are decoded into memory
+/// (they have no per-image files to read lazily) and `cache` is not used for them.
+pub fn open_any(
+    path: &Path,
+    options: &OpenOptions,
+    cache: Option<CacheOptions<'_>>,
+) -> Result<Arc<dyn Dataset>, DataError> {
+    if !path.exists() {
+        return Err(DataError::NotFound {
+            path: path.to_owned(),
+        });
+    }
+    let format = match options.format {
+        Some(f) => f,
+        None => detect(path)?,
+    };
+    Ok(match format {
+        Format::Folder => Arc::new(open_folder(
+            path,
+            options.split,
+            options.skip_bad_images,
+            cache,
+        )?),
+        _ => Arc::new(open(path, options)?),
+    })
 }

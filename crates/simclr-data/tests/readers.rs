@@ -86,7 +86,7 @@ fn idx_folder_raw_and_gzipped_both_splits() {
     assert_eq!(train.len(), 3);
     assert_eq!(train.channels(), 1);
     assert_eq!(train.num_classes(), Some(10));
-    let s = train.get(1);
+    let s = train.get(1).unwrap();
     assert_eq!((s.image.width(), s.image.height()), (4, 2));
     assert_eq!(s.label, Some(0));
     // Second image starts at byte 8 of the data: values 8..16, row-major.
@@ -94,7 +94,7 @@ fn idx_folder_raw_and_gzipped_both_splits() {
 
     let test = open(dir.path(), &opts(Split::Test)).unwrap();
     assert_eq!(test.len(), 2);
-    assert_eq!(test.get(1).label, Some(2));
+    assert_eq!(test.label(1), Some(2));
 }
 
 #[test]
@@ -104,14 +104,14 @@ fn idx_single_file_finds_labels_beside_it_or_is_unlabelled() {
     write(&images, &idx_images(2, 3, 3));
     let ds = open(&images, &opts(Split::Train)).unwrap();
     assert_eq!(ds.len(), 2);
-    assert_eq!(ds.get(0).label, None);
+    assert_eq!(ds.label(0), None);
     assert_eq!(ds.num_classes(), None);
     write(
         &dir.path().join("train-labels-idx1-ubyte"),
         &idx_labels(&[3, 4]),
     );
     assert_eq!(
-        open(&images, &opts(Split::Train)).unwrap().get(1).label,
+        open(&images, &opts(Split::Train)).unwrap().label(1),
         Some(4)
     );
 }
@@ -263,13 +263,9 @@ fn idx_other_spellings_and_gzip_by_content_not_name() {
     assert_eq!(detect(dir.path()).unwrap(), Format::Idx);
     assert_eq!(detect(&images).unwrap(), Format::Idx);
     let ds = open(dir.path(), &opts(Split::Test)).unwrap();
-    assert_eq!(ds.get(1).label, Some(5));
+    assert_eq!(ds.label(1), Some(5));
     let ds = open(&images, &opts(Split::Train)).unwrap();
-    assert_eq!(
-        ds.get(0).label,
-        Some(4),
-        "labels found beside a single file"
-    );
+    assert_eq!(ds.label(0), Some(4), "labels found beside a single file");
 
     // EMNIST: the split is a word inside the name; more than ten classes.
     let dir = tempfile::tempdir().unwrap();
@@ -368,7 +364,7 @@ fn cifar_batches_decode_planar_to_interleaved() {
     assert_eq!(train.len(), 3);
     assert_eq!(train.channels(), 3);
     assert_eq!(train.class_names().unwrap()[3], "cat");
-    let s = train.get(1);
+    let s = train.get(1).unwrap();
     assert_eq!(s.label, Some(9));
     // Pixel (x=1, y=0) of record seed 1: red plane byte 1, green byte 1025, blue byte 2049.
     assert_eq!(
@@ -377,7 +373,7 @@ fn cifar_batches_decode_planar_to_interleaved() {
     );
     let test = open(dir.path(), &opts(Split::Test)).unwrap();
     assert_eq!(test.len(), 1);
-    assert_eq!(test.get(0).label, Some(5));
+    assert_eq!(test.label(0), Some(5));
 }
 
 #[test]
@@ -433,7 +429,7 @@ fn cifar_tarball_folder_and_single_batch_file() {
     let file = dir.join("data_batch_1.bin");
     assert_eq!(detect(&file).unwrap(), Format::Cifar10);
     let one = open(&file, &opts(Split::Test)).unwrap();
-    assert_eq!((one.len(), one.get(0).label), (1, Some(2)));
+    assert_eq!((one.len(), one.label(0)), (1, Some(2)));
 }
 
 fn save_png(path: &Path, w: u32, h: u32, rgb: bool) {
@@ -470,11 +466,11 @@ fn labelled_folder_sorted_classes_and_uniform_channels() {
         ds.item_path(0),
         Some(dir.path().join("cat").join("z.png").as_path())
     );
-    assert_eq!(ds.get(0).label, Some(0));
-    assert_eq!(ds.get(1).label, Some(1));
+    assert_eq!(ds.label(0), Some(0));
+    assert_eq!(ds.label(1), Some(1));
     // One colour image makes the whole set RGB; gray pixels are replicated.
     assert_eq!(ds.channels(), 3);
-    assert_eq!(ds.get(0).image.pixel(2, 1), &[3, 3, 3]);
+    assert_eq!(ds.get(0).unwrap().image.pixel(2, 1), &[3, 3, 3]);
 }
 
 #[test]
@@ -484,7 +480,7 @@ fn flat_folder_is_unlabelled_and_split_folders_are_used() {
     save_png(&dir.path().join("two.png"), 2, 2, false);
     let ds = open(dir.path(), &opts(Split::Train)).unwrap();
     assert_eq!(ds.len(), 2);
-    assert_eq!(ds.get(0).label, None);
+    assert_eq!(ds.label(0), None);
     assert_eq!(ds.channels(), 1);
     // Other extensions are read too (BMP decodes as RGB, so the set becomes RGB).
     save_png(&dir.path().join("three.bmp"), 2, 2, true);
@@ -591,13 +587,13 @@ fn channel_stats_of_known_datasets() {
     // Pixels 0 and 255 in equal number: mean 0.5, std 0.5.
     let img = Image::new(2, 1, 1, vec![0u8, 255]).unwrap();
     let ds = InMemoryDataset::new(vec![img.clone(), img], None);
-    let stats = channel_stats(&ds);
+    let stats = channel_stats(&ds).unwrap();
     assert!((stats.mean[0] - 0.5).abs() < 1e-12 && (stats.std[0] - 0.5).abs() < 1e-12);
 
     // RGB, channels kept apart; compared with a naive two-pass f64 computation.
     let a = Image::new(2, 1, 3, vec![10u8, 0, 255, 30, 0, 255]).unwrap();
     let b = Image::new(1, 1, 3, vec![50u8, 0, 255]).unwrap();
-    let stats = channel_stats(&InMemoryDataset::new(vec![a, b], None));
+    let stats = channel_stats(&InMemoryDataset::new(vec![a, b], None)).unwrap();
     let red = [10.0f64, 30.0, 50.0].map(|v| v / 255.0);
     let m = red.iter().sum::<f64>() / 3.0;
     let sd = (red.iter().map(|v| (v - m).powi(2)).sum::<f64>() / 3.0).sqrt();
@@ -606,7 +602,7 @@ fn channel_stats_of_known_datasets() {
     assert_eq!((stats.mean[2], stats.std[2]), (1.0, 0.0));
 
     // The bundled sample is close to full Fashion-MNIST's well-known 0.2860 / 0.3530.
-    let stats = channel_stats(&sample::fashion_mnist(Split::Train).unwrap());
+    let stats = channel_stats(&sample::fashion_mnist(Split::Train).unwrap()).unwrap();
     assert!((stats.mean[0] - 0.286).abs() < 0.01, "{stats:?}");
     assert!((stats.std[0] - 0.353).abs() < 0.01, "{stats:?}");
 }

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
+use rayon::prelude::*;
 use simclr_augment::AugmentConfig;
 use simclr_data::{Dataset, Image};
 use simclr_model::io::{self, CHECKPOINT_FORMAT, ENCODER_FORMAT, IoError, SafetensorsFile};
@@ -35,7 +36,7 @@ const BATCH: usize = 256;
 /// // What a user of exported weights writes:
 /// let encoder = Encoder::from_safetensors(&path, &Device::Cpu)?;
 /// let test = simclr_data::sample::fashion_mnist(Split::Test)?;
-/// let images: Vec<_> = (0..4).map(|i| test.get(i).image).collect();
+/// let images: Vec<_> = (0..4).map(|i| test.get(i).unwrap().image).collect();
 /// let h = encoder.embed(&images.iter().collect::<Vec<_>>())?;
 /// assert_eq!(h.len(), 4 * encoder.feature_dim());
 /// # Ok(())
@@ -80,7 +81,11 @@ pub fn embed_items(
 ) -> Result<Vec<f32>, EvalError> {
     let mut out = Vec::with_capacity(indices.len() * model.config().feature_dim());
     for (b, chunk) in indices.chunks(BATCH).enumerate() {
-        let images: Vec<Image> = chunk.iter().map(|&i| dataset.get(i).image).collect();
+        // Items of a lazily read folder are decoded here, in parallel.
+        let images = chunk
+            .par_iter()
+            .map(|&i| dataset.get(i).map(|s| s.image))
+            .collect::<Result<Vec<Image>, _>>()?;
         out.extend(embed_with(
             model,
             preprocess,

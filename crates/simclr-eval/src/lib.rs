@@ -48,6 +48,9 @@ pub enum EvalError {
     /// Images could not be preprocessed.
     #[error(transparent)]
     Augment(#[from] simclr_augment::AugmentError),
+    /// An image of a lazily read dataset could not be read.
+    #[error(transparent)]
+    Data(#[from] simclr_data::DataError),
 }
 
 /// A row-major `rows × dim` matrix of features.

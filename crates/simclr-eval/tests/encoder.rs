@@ -34,7 +34,7 @@ fn export_then_load_gives_the_in_memory_features() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("enc.safetensors");
     let ds = sample::fashion_mnist(Split::Test).unwrap();
-    let images: Vec<_> = (0..20).map(|i| ds.get(i).image).collect();
+    let images: Vec<_> = (0..20).map(|i| ds.get(i).unwrap().image).collect();
     let refs: Vec<_> = images.iter().collect();
 
     let encoder = Encoder::new(trained_model(), 16, vec![0.286], vec![0.353]);

@@ -28,12 +28,15 @@ pub struct DataFingerprint {
 
 impl DataFingerprint {
     /// The fingerprint of `data`.
-    pub fn of(data: &dyn Dataset) -> Self {
+    ///
+    /// # Errors
+    /// A probed item that cannot be read (lazily read folders).
+    pub fn of(data: &dyn Dataset) -> Result<Self, simclr_data::DataError> {
         let mut h = Fnv::new();
         let len = data.len();
         for k in 0..PROBES.min(len) {
             let i = k * len / PROBES.min(len);
-            let s = data.get(i);
+            let s = data.get(i)?;
             h.write(&(i as u64).to_le_bytes());
             h.write(&s.image.width().to_le_bytes());
             h.write(&s.image.height().to_le_bytes());
@@ -41,12 +44,12 @@ impl DataFingerprint {
             h.write(s.image.data());
             h.write(&s.label.map_or(u64::MAX, u64::from).to_le_bytes());
         }
-        Self {
+        Ok(Self {
             len,
             channels: data.channels(),
             classes: data.num_classes(),
             items_hash: format!("{:016x}", h.0),
-        }
+        })
     }
 
     /// How `now` differs from `self` (the recorded one), in words; `None` if it does not.
@@ -176,17 +179,21 @@ mod tests {
 
     #[test]
     fn the_fingerprint_tells_datasets_apart() {
-        let a = DataFingerprint::of(&data(40, 0, true));
-        assert_eq!(a, DataFingerprint::of(&data(40, 0, true)), "deterministic");
-        let fewer = DataFingerprint::of(&data(39, 0, true));
+        let a = DataFingerprint::of(&data(40, 0, true)).unwrap();
+        assert_eq!(
+            a,
+            DataFingerprint::of(&data(40, 0, true)).unwrap(),
+            "deterministic"
+        );
+        let fewer = DataFingerprint::of(&data(39, 0, true)).unwrap();
         assert!(
             a.difference(&fewer)
                 .unwrap()
                 .contains("40 images then, 39 now")
         );
-        let other = DataFingerprint::of(&data(40, 1, true));
+        let other = DataFingerprint::of(&data(40, 1, true)).unwrap();
         assert!(a.difference(&other).unwrap().contains("other images"));
-        let unlabelled = DataFingerprint::of(&data(40, 0, false));
+        let unlabelled = DataFingerprint::of(&data(40, 0, false)).unwrap();
         assert!(
             a.difference(&unlabelled)
                 .unwrap()

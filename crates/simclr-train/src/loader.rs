@@ -23,6 +23,7 @@ use candle_core::{Device, Tensor};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 use simclr_augment::{AugmentConfig, AugmentError};
 use simclr_data::Dataset;
 
@@ -39,6 +40,17 @@ pub enum LoaderError {
         /// The cause.
         #[source]
         source: AugmentError,
+    },
+    /// An image of the batch could not be read (lazily read image folders).
+    #[error("reading the images of epoch {epoch}, step {step}")]
+    Data {
+        /// Epoch (1-based).
+        epoch: u64,
+        /// Step within the epoch (1-based).
+        step: u64,
+        /// The cause.
+        #[source]
+        source: simclr_data::DataError,
     },
     /// The batch could not be put on the training device.
     #[error("copying the batch of epoch {epoch}, step {step} to the device")]
@@ -254,7 +266,11 @@ fn batch_from_order(
         let local = config.batch_size / config.world.max(1);
         let start = step as usize * config.batch_size + config.rank * local;
         let ids = &order[start..start + local];
-        let samples: Vec<_> = ids.iter().map(|&i| dataset.get(i)).collect();
+        // In parallel: items of a lazily read folder are decoded here.
+        let samples = ids
+            .par_iter()
+            .map(|&i| dataset.get(i))
+            .collect::<Result<Vec<_>, _>>()?;
         let images: Vec<_> = samples.iter().map(|s| &s.image).collect();
         let indices: Vec<u64> = ids.iter().map(|&i| i as u64).collect();
         let views = augment.batch(&images, config.seed, epoch, &indices);
@@ -262,13 +278,19 @@ fn batch_from_order(
             .iter()
             .map(|s| s.label)
             .collect::<Option<Vec<u32>>>();
-        (views, labels)
+        Ok((views, labels))
     }));
-    let (views, labels) = built.map_err(|payload| LoaderError::Panicked {
-        epoch: e,
-        step: s,
-        message: panic_message(&*payload),
-    })?;
+    let (views, labels) = built
+        .map_err(|payload| LoaderError::Panicked {
+            epoch: e,
+            step: s,
+            message: panic_message(&*payload),
+        })?
+        .map_err(|source| LoaderError::Data {
+            epoch: e,
+            step: s,
+            source,
+        })?;
     let views = views.map_err(|source| LoaderError::Augment {
         epoch: e,
         step: s,
@@ -651,22 +673,36 @@ mod tests {
         assert!(loader.next().is_none());
     }
 
-    /// A dataset whose `bad`-th read (counting from 1) panics, as a reader hitting a
-    /// vanished file would.
+    /// A dataset whose item `item` fails to read after the first `after` reads: it panics, as
+    /// a reader hitting a vanished file would, or with `error` returns a read error, as a
+    /// lazily read folder does.
     struct Broken {
         inner: Arc<dyn Dataset>,
         reads: std::sync::atomic::AtomicUsize,
-        bad: usize,
+        after: usize,
+        item: usize,
+        error: bool,
     }
 
     impl Dataset for Broken {
         fn len(&self) -> usize {
             self.inner.len()
         }
-        fn get(&self, index: usize) -> Sample {
+        fn get(&self, index: usize) -> Result<Sample, simclr_data::DataError> {
             let read = 1 + self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            assert!(read != self.bad, "item {index} is unreadable");
+            if read > self.after && index == self.item {
+                if self.error {
+                    return Err(simclr_data::DataError::BadImage {
+                        path: format!("item{index}.jpg").into(),
+                        reason: "truncated".into(),
+                    });
+                }
+                panic!("item {index} is unreadable");
+            }
             self.inner.get(index)
+        }
+        fn label(&self, index: usize) -> Option<u32> {
+            self.inner.label(index)
         }
         fn channels(&self) -> u8 {
             1
@@ -676,29 +712,58 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_dataset_that_panics_mid_epoch_is_an_error_naming_the_batch() {
-        // 12 images in batches of 4, read in order: read 18 is the second of epoch 2, step 2.
+    /// 12 images in batches of 4: the loader's batches until it fails on the second item of
+    /// epoch 2, step 2, and that item.
+    fn fail_in_epoch_two(error: bool) -> (Vec<Result<Batch, LoaderError>>, usize, Loader) {
+        let item = epoch_order(5, 1, 12)[5];
         let ds: Arc<dyn Dataset> = Arc::new(Broken {
             inner: dataset(12),
             reads: 0.into(),
-            bad: 18,
+            after: 12,
+            item,
+            error,
         });
-        let item = epoch_order(5, 1, 12)[5];
         let mut loader = Loader::start(ds, AugmentConfig::simclr(8, 1), cfg(4), (0, 0), 3);
         let got: Vec<_> = loader.by_ref().collect();
+        (got, item, loader)
+    }
+
+    #[test]
+    fn a_dataset_that_panics_mid_epoch_is_an_error_naming_the_batch() {
+        let (got, item, mut loader) = fail_in_epoch_two(false);
         assert_eq!(
             got.len(),
             5,
             "three good batches of epoch 1, one of epoch 2, the error"
         );
         assert!(got[..4].iter().all(Result::is_ok));
-        let err = got[4].as_ref().unwrap_err();
-        let msg = err.to_string();
+        let msg = got[4].as_ref().unwrap_err().to_string();
         assert!(
             msg.contains("epoch 2, step 2") && msg.contains(&format!("item {item} is unreadable")),
             "{msg}"
         );
+        assert!(loader.next().is_none());
+    }
+
+    #[test]
+    fn an_unreadable_image_is_an_error_naming_the_batch_and_the_file() {
+        let (got, item, mut loader) = fail_in_epoch_two(true);
+        assert_eq!(got.len(), 5);
+        assert!(got[..4].iter().all(Result::is_ok));
+        let err = got[4].as_ref().unwrap_err();
+        assert!(
+            matches!(
+                err,
+                LoaderError::Data {
+                    epoch: 2,
+                    step: 2,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        let chain = format!("{err} / {}", std::error::Error::source(err).unwrap());
+        assert!(chain.contains(&format!("item{item}.jpg")), "{chain}");
         assert!(loader.next().is_none());
     }
 }

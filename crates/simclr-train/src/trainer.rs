@@ -70,6 +70,9 @@ pub enum TrainError {
     /// A tensor operation failed.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+    /// An item of the dataset could not be read (lazily read image folders).
+    #[error(transparent)]
+    Data(#[from] simclr_data::DataError),
     /// A checkpoint's tensors do not fit the model or optimiser of its own configuration.
     #[error("`{}` does not fit the run it describes", path.display())]
     Checkpoint {
@@ -589,8 +592,7 @@ impl Trainer {
         let needs_labels =
             loss.needs_labels() || config.classes_per_batch.is_some() || config.online_probe;
         let labels: Option<Arc<[u32]>> = if needs_labels {
-            let labels: Option<Vec<u32>> =
-                (0..dataset.len()).map(|i| dataset.get(i).label).collect();
+            let labels: Option<Vec<u32>> = (0..dataset.len()).map(|i| dataset.label(i)).collect();
             let Some(labels) = labels else {
                 let what = if loss.needs_labels() {
                     format!(
@@ -681,7 +683,7 @@ impl Trainer {
             warmup,
             total,
         );
-        let fingerprint = crate::fingerprint::DataFingerprint::of(&*dataset);
+        let fingerprint = crate::fingerprint::DataFingerprint::of(&*dataset)?;
         let augment = config.augment(channels);
         augment
             .validate()

@@ -524,10 +524,13 @@ impl Dataset for Panicking {
     fn len(&self) -> usize {
         self.inner.len()
     }
-    fn get(&self, index: usize) -> simclr_data::Sample {
+    fn get(&self, index: usize) -> Result<simclr_data::Sample, simclr_data::DataError> {
         let read = 1 + self.reads.fetch_add(1, Ordering::SeqCst);
         assert!(read != self.bad, "cannot read item {index}: disk gone");
         self.inner.get(index)
+    }
+    fn label(&self, index: usize) -> Option<u32> {
+        self.inner.label(index)
     }
     fn channels(&self) -> u8 {
         self.inner.channels()

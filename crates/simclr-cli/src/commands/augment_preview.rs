@@ -91,7 +91,11 @@ pub fn run(args: &AugmentPreviewArgs) -> anyhow::Result<()> {
             .map_err(anyhow::Error::msg)?;
     }
     let ds = data.open()?;
-    let first = ds.get(0).image;
+    let read = |i| {
+        ds.get(i)
+            .with_context(|| format!("while reading the images of {}", data.describe()))
+    };
+    let first = read(0)?.image;
     let mut c = run.clone().unwrap_or_default();
     c.image_size = args
         .image_size
@@ -119,7 +123,7 @@ pub fn run(args: &AugmentPreviewArgs) -> anyhow::Result<()> {
     let mut grid = image::RgbImage::from_pixel(w, h, image::Rgb([255, 255, 255]));
     for row in 0..count {
         let index = row * ds.len() / count;
-        let img = ds.get(index).image;
+        let img = read(index)?.image;
         let original = cfg.eval_image(&img);
         let v1 = cfg.view_image(&img, &mut view_rng(seed, 0, index as u64, 0));
         let v2 = cfg.view_image(&img, &mut view_rng(seed, 0, index as u64, 1));

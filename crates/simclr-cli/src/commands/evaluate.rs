@@ -160,11 +160,9 @@ fn extract(args: &EvalArgs) -> anyhow::Result<Extracted> {
             bail!("the {split} split has no labels; the evaluations need a labelled dataset")
         };
         classes = classes.max(c);
-        check_channels(&encoder, &ds)?;
-        let labels: Vec<u32> = (0..ds.len())
-            .map(|i| ds.get(i).label.unwrap_or(0))
-            .collect();
-        let features = cached_features(args, &weights, &encoder, &ds, split)?;
+        check_channels(&encoder, &*ds)?;
+        let labels: Vec<u32> = (0..ds.len()).map(|i| ds.label(i).unwrap_or(0)).collect();
+        let features = cached_features(args, &weights, &encoder, &*ds, split)?;
         splits.push(SplitFeatures { features, labels });
     }
     let test = splits.pop().expect("two splits");

@@ -30,7 +30,7 @@ impl Subset {
         let indices: Vec<usize> = (0..take).map(|i| i * n / take).collect();
         let labels = indices
             .iter()
-            .map(|&i| data.get(i).label)
+            .map(|&i| data.label(i))
             .collect::<Option<Vec<u32>>>();
         let Some(labels) = labels else {
             bail!("the kNN monitor needs labels, and its {what} has none")

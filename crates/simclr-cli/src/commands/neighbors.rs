@@ -4,12 +4,13 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
 use candle_core::Device;
 use clap::Args;
-use simclr_data::{Dataset, Format, Image, InMemoryDataset, Split};
+use simclr_data::{Dataset, Format, Image, Split};
 use simclr_eval::{Encoder, Features, Hit, Index, retrieval_metrics};
 use simclr_model::io::{self, SafetensorsFile};
 
@@ -94,16 +95,16 @@ struct Side {
 }
 
 enum Images {
-    Dataset(InMemoryDataset),
+    Dataset(Arc<dyn Dataset>),
     Files(Vec<Image>),
 }
 
 impl Images {
-    fn get(&self, i: usize) -> Image {
-        match self {
-            Self::Dataset(ds) => ds.get(i).image,
+    fn get(&self, i: usize) -> anyhow::Result<Image> {
+        Ok(match self {
+            Self::Dataset(ds) => ds.get(i)?.image,
             Self::Files(v) => v[i].clone(),
-        }
+        })
     }
 }
 
@@ -200,7 +201,7 @@ fn open_dataset(
     path: Option<&Path>,
     split: Split,
     args: &NeighborsArgs,
-) -> anyhow::Result<InMemoryDataset> {
+) -> anyhow::Result<Arc<dyn Dataset>> {
     DataArgs {
         data: path.map(Path::to_owned),
         format: args.format,
@@ -245,7 +246,7 @@ fn dataset_side(
         source_len: ds.len(),
         features,
         dim: encoder.feature_dim(),
-        labels: ds.labels().map(<[u32]>::to_vec),
+        labels: (0..ds.len()).map(|i| ds.label(i)).collect(),
         paths,
         images: Some(Images::Dataset(ds)),
     })
@@ -623,7 +624,12 @@ fn draw_grid(
         let q_images = queries.images.as_ref().expect("loaded");
         for (r, &q) in picks.iter().enumerate() {
             let (x, y) = (x_of(0), y_of(r as u32));
-            image::imageops::overlay(&mut canvas, &cell_rgb(&q_images.get(q)), x.into(), y.into());
+            image::imageops::overlay(
+                &mut canvas,
+                &cell_rgb(&q_images.get(q)?),
+                x.into(),
+                y.into(),
+            );
             frames.push((x, y, [40, 90, 220]));
             let label = label_text(&queries.labels, q);
             captions.push((x, y + CELL, "query".into(), label, false));
@@ -636,7 +642,7 @@ fn draw_grid(
             let (x, y) = (x_of(c as u32 + 1), y_of(r as u32));
             image::imageops::overlay(
                 &mut canvas,
-                &cell_rgb(&g_images.get(hit.index)),
+                &cell_rgb(&g_images.get(hit.index)?),
                 x.into(),
                 y.into(),
             );

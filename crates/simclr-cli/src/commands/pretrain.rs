@@ -33,6 +33,11 @@ pub struct PretrainArgs {
     /// Skip undecodable images in an image folder instead of failing.
     #[arg(long)]
     pub skip_bad_images: bool,
+    /// Decode an image folder once into a cache of its images at --image-size in DIR, and
+    /// read epochs from it (no JPEG decoding); reused while the folder is unchanged. Without
+    /// it, image folders are decoded a batch at a time, every epoch.
+    #[arg(long, value_name = "DIR")]
+    pub cache: Option<PathBuf>,
     /// Run directory: config.json, metrics.jsonl and checkpoints go here [default:
     /// runs/pretrain, or the checkpoint's directory with --resume].
     #[arg(long, value_name = "DIR")]
@@ -437,20 +442,21 @@ fn format_of(c: &TrainConfig) -> anyhow::Result<Option<Format>> {
 fn open_data(
     c: &TrainConfig,
     split: Option<Split>,
-    skip_bad_images: bool,
+    args: &PretrainArgs,
 ) -> anyhow::Result<Arc<dyn Dataset>> {
+    let skip_bad_images = args.skip_bad_images;
     let format = format_of(c)?;
     let split = match split {
         Some(s) => s,
         None => c.split.parse::<Split>().map_err(anyhow::Error::msg)?,
     };
-    let args = DataArgs {
+    DataArgs {
         data: c.data.clone(),
         format,
         split,
         skip_bad_images,
-    };
-    Ok(Arc::new(args.open()?))
+    }
+    .open_cached(args.cache.as_deref(), c.image_size)
 }
 
 /// The `--knn-every` monitor, when asked for: the run's test split against its training
@@ -483,7 +489,7 @@ fn knn_monitor(
             path.display()
         );
     }
-    let test = open_data(c, Some(Split::Test), args.skip_bad_images)
+    let test = open_data(c, Some(Split::Test), args)
         .context("--knn-every needs the dataset's test split")?;
     let monitor = KnnMonitor::new(
         c.augment(train.channels()),
@@ -606,7 +612,7 @@ fn run_on(args: &PretrainArgs, comm: &simclr_dist::Comm) -> anyhow::Result<()> {
                     changed.join("; ")
                 )
             }
-            let data = open_data(&saved, None, args.skip_bad_images)?;
+            let data = open_data(&saved, None, args)?;
             let monitor = if primary {
                 knn_monitor(args, &saved, &data)?
             } else {
@@ -643,7 +649,7 @@ fn run_on(args: &PretrainArgs, comm: &simclr_dist::Comm) -> anyhow::Result<()> {
                 .out
                 .clone()
                 .unwrap_or_else(|| PathBuf::from("runs/pretrain"));
-            let data = open_data(&config, None, args.skip_bad_images)?;
+            let data = open_data(&config, None, args)?;
             let monitor = if primary {
                 knn_monitor(args, &config, &data)?
             } else {

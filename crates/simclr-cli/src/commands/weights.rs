@@ -251,7 +251,7 @@ fn write_embeddings(
     source: BTreeMap<String, String>,
 ) -> anyhow::Result<()> {
     let n = ds.len();
-    let labels: Vec<Option<u32>> = (0..n).map(|i| ds.get(i).label).collect();
+    let labels: Vec<Option<u32>> = (0..n).map(|i| ds.label(i)).collect();
     let paths: Vec<Option<String>> = (0..n)
         .map(|i| ds.item_path(i).map(|p| p.display().to_string()))
         .collect();

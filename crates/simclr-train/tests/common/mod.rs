@@ -9,7 +9,7 @@ pub fn subset(n: usize) -> Arc<dyn Dataset> {
     let ds = sample::fashion_mnist(Split::Train).unwrap();
     let (images, labels) = (0..n)
         .map(|i| {
-            let s = ds.get(i);
+            let s = ds.get(i).unwrap();
             (s.image, s.label.unwrap())
         })
         .unzip();
