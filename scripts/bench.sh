@@ -1,12 +1,20 @@
 #!/usr/bin/env bash
 # simclr-rs against PyTorch on this machine, in one run:
-#   1. the SimCLR training step (ResNet-18 CIFAR stem + head + NT-Xent, forward, backward,
-#      SGD-momentum update) at 2x128 views of 32x32x3, and the 1/4-width variant at 2x128 views
-#      of 28x28x1: views/s, median of 5 steps after 2 warm-up steps, in ROUNDS rounds (3 by
-#      default) that alternate simclr-rs and PyTorch, so that the machine's slow spells hit
-#      both; the table gives the medians and the spread of the per-round ratios;
-#   2. two-view augmentation throughput at 32x32 and at 96x96 with blur, 1 and 2 threads;
-#   3. peak resident memory of each;
+#   1. the SimCLR training step (ResNet CIFAR stem + head + NT-Xent, forward, backward,
+#      SGD-momentum update): ResNet-18 at 2x128 views of 32x32x3, its 1/4-width variant at
+#      2x128 views of 28x28x1, and ResNet-50 1/4 width at 2x128 views of 28x28x1 (the
+#      Fashion-MNIST recipe's shape): views/s, median of 5 steps after 2 warm-up steps, in
+#      ROUNDS rounds (3 by default) that alternate simclr-rs and PyTorch, so that the
+#      machine's slow spells hit both; the table gives the medians and the spread of the
+#      per-round ratios;
+#   2. the same three shapes as `simclr pretrain` runs them (LARS, the loader's thread, the
+#      augmentations, metrics): the median views/s of its metrics.jsonl over 12 steps after
+#      the first 2, beside PyTorch's bare step (Fashion-MNIST when installed, else the bundled
+#      sample; for 32x32x3, a generated folder of 4,000 JPEGs through --cache);
+#   3. feature extraction (resize, normalise, eval forward; what linear-probe, knn and embed
+#      do) against PyTorch's eval forward of the same encoder on ready tensors;
+#   4. two-view augmentation throughput at 32x32 and at 96x96 with blur, 1 and 2 threads;
+#   5. peak resident memory of each;
 # then one table (ours, PyTorch's, the ratio, our share of the machine's fp32 peak) and a JSON
 # copy in bench-results/.
 #
@@ -51,8 +59,12 @@ fi
 
 cargo build --release -q -p simclr-train --example bench_step
 cargo build --release -q -p simclr-augment --example augment_throughput
+cargo build --release -q -p simclr-eval --example embed_throughput
+cargo build --release -q -p simclr-cli
 step=target/release/examples/bench_step
 aug=target/release/examples/augment_throughput
+embed=target/release/examples/embed_throughput
+simclr=target/release/simclr
 
 if [ "$smoke" = 1 ]; then
     steps=(
@@ -64,6 +76,7 @@ else
     steps=(
         "--arch resnet18 --width 1.0 --batch 128 --size 32 --channels 3 --steps 5 --warmup 2"
         "--arch resnet18 --width 0.25 --batch 128 --size 28 --channels 1 --steps 5 --warmup 2"
+        "--arch resnet50 --width 0.25 --batch 128 --size 28 --channels 1 --steps 5 --warmup 2"
     )
     images=4000
 fi
@@ -82,6 +95,53 @@ for round in $(seq "$rounds"); do
         fi
     done
 done
+# `simclr pretrain` on the step's shapes: its own views/s from metrics.jsonl.
+run_dir=$(mktemp -d)
+trap 'rm -f "$results"; rm -rf "$run_dir"' EXIT
+fmnist=/usr/share/datasets/fashion-mnist
+rgb_folder=${RGB_FOLDER:-$HOME/.cache/simclr-rs/bench-rgb-4000}
+for s in "${steps[@]}"; do
+    # shellcheck disable=SC2086
+    set -- $s
+    arch=$2 width=$4 batch=$6 size=$8 channels=${10}
+    # Feature extraction on the step's encoder.
+    n_embed=$([ "$smoke" = 1 ] && echo 64 || echo 2048)
+    RAYON_NUM_THREADS=$threads "$embed" --arch "$arch" --width "$width" --size "$size" --channels "$channels" --images "$n_embed" | tee -a "$results"
+    if [ "$torch" = 1 ]; then
+        "$venv/bin/python" scripts/torch_eval_forward.py --reference "$ref" --arch "$arch" --width "$width" \
+            --size "$size" --channels "$channels" --images "$n_embed" --threads "$threads" | tee -a "$results"
+    fi
+    data=()
+    if [ "$channels" = 3 ]; then
+        if [ "$torch" != 1 ]; then
+            echo "note: no venv for the RGB folder generator; pretrain at ${size}x${size}x3 left out" >&2
+            continue
+        fi
+        if [ ! -f "$rgb_folder/.complete" ]; then
+            "$venv/bin/python" scripts/make-jpeg-folder.py "$rgb_folder" 4000
+            touch "$rgb_folder/.complete"
+        fi
+        data=(--data "$rgb_folder" --cache "$HOME/.cache/simclr-rs/bench-rgb-cache")
+    elif [ -d "$fmnist" ]; then
+        data=(--data "$fmnist")
+    fi
+    max_steps=$([ "$smoke" = 1 ] && echo 3 || echo 14)
+    echo "pretrain $arch w$width ${batch}x${size}x${size}x$channels" >&2
+    rm -rf "$run_dir/run"
+    "$simclr" pretrain "${data[@]}" --out "$run_dir/run" --arch "$arch" --width "$width" \
+        --image-size "$size" --batch-size "$batch" --max-steps "$max_steps" --threads "$threads" \
+        >"$run_dir/log" 2>&1 || { cat "$run_dir/log" >&2; exit 1; }
+    python3 - "$run_dir/run/metrics.jsonl" "$arch" "$width" "$batch" "$size" "$channels" <<'EOF' | tee -a "$results"
+import json, statistics, sys
+steps = [json.loads(l) for l in open(sys.argv[1]) if '"views_per_s"' in l]
+arch, width, batch, size, channels = sys.argv[2], float(sys.argv[3]), *map(int, sys.argv[4:])
+print(json.dumps({"bench": "pretrain", "framework": "simclr-rs", "arch": arch, "width": width,
+                  "views": 2 * batch, "size": size, "channels": channels, "steps": len(steps),
+                  "views_per_s": statistics.median(s["views_per_s"] for s in steps[2:] or steps),
+                  "data_wait_s_median": statistics.median(s["data_wait_s"] for s in steps[2:] or steps)}))
+EOF
+done
+
 for t in 1 2; do
     "$aug" --size 32 --images "$images" --threads "$t" | tee -a "$results"
     "$aug" --size 96 --images "$((images / 4))" --threads "$t" --blur | tee -a "$results"

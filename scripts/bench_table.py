@@ -15,10 +15,22 @@ from statistics import median
 
 def resnet_cifar_forward_flops(arch, width, size, channels, proj_dim=128):
     """Multiply-adds x 2 of one view's forward pass (convolutions and linear layers)."""
-    blocks = {"resnet18": [2, 2, 2, 2], "resnet34": [3, 4, 6, 3]}[arch]
+    blocks = {"resnet18": [2, 2, 2, 2], "resnet34": [3, 4, 6, 3], "resnet50": [3, 4, 6, 3]}[arch]
     planes = [int(p * width) for p in (64, 128, 256, 512)]
     flops = 2 * channels * planes[0] * 9 * size * size  # 3x3 stem, stride 1
     cin, h = planes[0], size
+    if arch == "resnet50":  # bottlenecks (torchvision v1.5: the stride on the 3x3)
+        for stage, (n, p) in enumerate(zip(blocks, planes)):
+            for b in range(n):
+                stride = 2 if stage > 0 and b == 0 else 1
+                h_out = (h + stride - 1) // stride
+                flops += 2 * cin * p * h * h  # 1x1 reduce
+                flops += 2 * p * p * 9 * h_out * h_out  # 3x3
+                flops += 2 * p * 4 * p * h_out * h_out  # 1x1 expand
+                if stride != 1 or cin != 4 * p:
+                    flops += 2 * cin * 4 * p * h_out * h_out  # 1x1 downsample
+                cin, h = 4 * p, h_out
+        return flops + 2 * cin * cin + 2 * cin * proj_dim
     for stage, (n, p) in enumerate(zip(blocks, planes)):
         for b in range(n):
             stride = 2 if stage > 0 and b == 0 else 1
@@ -110,6 +122,39 @@ def main():
             "ours_rss_mib": max(o["peak_rss_mib"] for o in ours),
             "pytorch_rss_mib": max(t["peak_rss_mib"] for t in refs) if refs else None,
         })
+    # `simclr pretrain` on a step's shapes, against PyTorch's bare step (and our bench_step).
+    for r in (r for r in rows if r["bench"] == "pretrain"):
+        key = (r["arch"], r["width"], r["size"], r["views"], r["channels"])
+        ours, refs = groups.get(key, ([], []))
+        ref_vps = median([t["views_per_s"] for t in refs]) if refs else None
+        step_vps = median([o["views_per_s"] for o in ours]) if ours else None
+        table.append({
+            "what": f"pretrain {r['arch']} w{r['width']:g} {r['views']}x{r['size']}x{r['size']}x{r['channels']}",
+            "unit": "views/s",
+            "ours": r["views_per_s"],
+            "pytorch": ref_vps,
+            "ratio": ref_vps and r["views_per_s"] / ref_vps,
+            "of_bench_step": step_vps and r["views_per_s"] / step_vps,
+            "ours_peak_share": None,
+            "pytorch_peak_share": None,
+            "ours_rss_mib": None,
+            "pytorch_rss_mib": None,
+        })
+    for r in (r for r in rows if r["bench"] == "embed" and r["framework"] == "simclr-rs"):
+        ref = next((t for t in rows if t["bench"] == "embed" and t["framework"] == "pytorch"
+                    and (t["arch"], t["width"], t["size"], t["channels"])
+                    == (r["arch"], r["width"], r["size"], r["channels"])), None)
+        table.append({
+            "what": f"features {r['arch']} w{r['width']:g} {r['size']}x{r['size']}x{r['channels']}",
+            "unit": "images/s",
+            "ours": r["images_per_s"],
+            "pytorch": ref and ref["images_per_s"],
+            "ratio": ref and r["images_per_s"] / ref["images_per_s"],
+            "ours_peak_share": None,
+            "pytorch_peak_share": None,
+            "ours_rss_mib": None,
+            "pytorch_rss_mib": None,
+        })
     for r in (r for r in rows if r["bench"] == "augment" and r.get("impl") == "simclr-rs"):
         ref = next((t for t in rows if t["bench"] == "augment" and t.get("framework") == "torchvision"
                     and t["size"] == r["size"] and t["blur"] == r["blur"]
@@ -138,6 +183,10 @@ def main():
               f"{fmt(t['ratio'], '6.2f')}x {fmt(t['ours_peak_share'] and 100 * t['ours_peak_share'], '9.1f')}% "
               f"{fmt(t['pytorch_peak_share'] and 100 * t['pytorch_peak_share'], '10.1f')}% "
               f"{fmt(t['ours_rss_mib'], '9.0f')} {fmt(t['pytorch_rss_mib'], '9.0f')}")
+    for t in table:
+        if t.get("of_bench_step"):
+            print(f"{t['what']}: {100 * t['of_bench_step']:.0f}% of bench_step's views/s on the same shapes "
+                  "(LARS, the loader, augmentation and metrics against the bare SGD step)")
     for t in table:
         if t.get("rounds", 1) > 1 and t["ratio_min"] is not None:
             print(f"{t['what']}: ratio {t['ratio_min']:.2f}-{t['ratio_max']:.2f}x over {t['rounds']} rounds "

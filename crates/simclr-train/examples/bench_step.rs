@@ -3,7 +3,8 @@
 //! momentum update (lr 0.1, momentum 0.9, weight decay 1e-6) on fixed random `2N` views.
 //!
 //! Usage: `bench_step [--arch resnet18] [--stem cifar] [--width 1.0] [--batch 128] [--size 32]
-//! [--channels 3] [--steps 5] [--warmup 2] [--device cpu|cuda] [--precision f32|bf16]`; prints
+//! [--channels 3] [--steps 5] [--warmup 2] [--device cpu|cuda] [--precision f32|bf16]
+//! [--optimizer sgd|lars]`; prints
 //! one JSON line: the median step over `--steps` after `--warmup`, the medians of its phases
 //! (forward with the loss, backward, optimiser update), and the process's peak resident
 //! memory. On a GPU the device is synchronised before each reading of the clock.
@@ -55,14 +56,18 @@ fn main() -> candle_core::Result<()> {
     let mut model = SimClr::new(&cfg, &dev, 0)?;
     model.set_precision(precision);
     let vars = model.trainable_vars().into_iter().map(|(_, v)| v).collect();
+    // SGD as the reference; `--optimizer lars` isolates the cost of `pretrain`'s default.
+    let optimizer: OptimizerKind = arg(&args, "--optimizer", "sgd".to_string())
+        .parse()
+        .map_err(candle_core::Error::msg)?;
     let mut opt = build(
-        OptimizerKind::Sgd,
+        optimizer,
         vars,
         OptimConfig {
             lr: 0.1,
             momentum: 0.9,
             weight_decay: 1e-6,
-            exclude_bias_norm: false,
+            exclude_bias_norm: optimizer == OptimizerKind::Lars,
             ..OptimConfig::default()
         },
     )?;
@@ -93,7 +98,7 @@ fn main() -> candle_core::Result<()> {
     };
     let min = times.iter().map(|t| t[0]).fold(f64::INFINITY, f64::min);
     println!(
-        "{{\"bench\":\"step\",\"framework\":\"simclr-rs\",\"device\":\"{}\",\"precision\":\"{precision}\",\"arch\":\"{}\",\"width\":{},\"batch_images\":{batch},\"views\":{},\"size\":{size},\"channels\":{},\"threads\":{},\"step_s_median\":{:.4},\"step_s_min\":{min:.4},\"forward_s\":{:.4},\"backward_s\":{:.4},\"update_s\":{:.4},\"views_per_s\":{:.2},\"peak_rss_mib\":{:.1},\"loss_last\":{loss_last}}}",
+        "{{\"bench\":\"step\",\"framework\":\"simclr-rs\",\"device\":\"{}\",\"precision\":\"{precision}\",\"optimizer\":\"{optimizer}\",\"arch\":\"{}\",\"width\":{},\"batch_images\":{batch},\"views\":{},\"size\":{size},\"channels\":{},\"threads\":{},\"step_s_median\":{:.4},\"step_s_min\":{min:.4},\"forward_s\":{:.4},\"backward_s\":{:.4},\"update_s\":{:.4},\"views_per_s\":{:.2},\"peak_rss_mib\":{:.1},\"loss_last\":{loss_last}}}",
         if dev.is_cpu() { "cpu" } else { "cuda" },
         cfg.arch,
         cfg.width,
