@@ -83,6 +83,15 @@ def peak_per_core():
         return None, basis
 
 
+def throughput_row(what, unit, ours, pytorch, **extra):
+    """A table row without a share of peak: ours, PyTorch's (or None) and their ratio."""
+    row = {"what": what, "unit": unit, "ours": ours, "pytorch": pytorch,
+           "ratio": pytorch and ours / pytorch, "ours_peak_share": None,
+           "pytorch_peak_share": None, "ours_rss_mib": None, "pytorch_rss_mib": None}
+    row.update(extra)
+    return row
+
+
 def main():
     rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip().startswith("{")]
     out_path = sys.argv[2]
@@ -128,58 +137,35 @@ def main():
         ours, refs = groups.get(key, ([], []))
         ref_vps = median([t["views_per_s"] for t in refs]) if refs else None
         step_vps = median([o["views_per_s"] for o in ours]) if ours else None
-        table.append({
-            "what": f"pretrain {r['arch']} w{r['width']:g} {r['views']}x{r['size']}x{r['size']}x{r['channels']}",
-            "unit": "views/s",
-            "ours": r["views_per_s"],
-            "pytorch": ref_vps,
-            "ratio": ref_vps and r["views_per_s"] / ref_vps,
-            "of_bench_step": step_vps and r["views_per_s"] / step_vps,
-            "ours_peak_share": None,
-            "pytorch_peak_share": None,
-            "ours_rss_mib": None,
-            "pytorch_rss_mib": None,
-        })
+        table.append(throughput_row(
+            f"pretrain {r['arch']} w{r['width']:g} {r['views']}x{r['size']}x{r['size']}x{r['channels']}",
+            "views/s", r["views_per_s"], ref_vps,
+            of_bench_step=step_vps and r["views_per_s"] / step_vps))
     for r in (r for r in rows if r["bench"] == "embed" and r["framework"] == "simclr-rs"):
         ref = next((t for t in rows if t["bench"] == "embed" and t["framework"] == "pytorch"
                     and (t["arch"], t["width"], t["size"], t["channels"])
                     == (r["arch"], r["width"], r["size"], r["channels"])), None)
-        table.append({
-            "what": f"features {r['arch']} w{r['width']:g} {r['size']}x{r['size']}x{r['channels']}",
-            "unit": "images/s",
-            "ours": r["images_per_s"],
-            "pytorch": ref and ref["images_per_s"],
-            "ratio": ref and r["images_per_s"] / ref["images_per_s"],
-            "ours_peak_share": None,
-            "pytorch_peak_share": None,
-            "ours_rss_mib": None,
-            "pytorch_rss_mib": None,
-        })
+        table.append(throughput_row(
+            f"features {r['arch']} w{r['width']:g} {r['size']}x{r['size']}x{r['channels']}",
+            "images/s", r["images_per_s"], ref and ref["images_per_s"]))
     for r in (r for r in rows if r["bench"] == "augment" and r.get("impl") == "simclr-rs"):
         ref = next((t for t in rows if t["bench"] == "augment" and t.get("framework") == "torchvision"
                     and t["size"] == r["size"] and t["blur"] == r["blur"]
                     and t["threads"] == r["threads"]), None)
-        table.append({
-            "what": f"augment {r['size']}x{r['size']}{' blur' if r['blur'] else ''} {r['threads']} thread{'s' if r['threads'] > 1 else ''}",
-            "unit": "images/s",
-            "ours": r["images_per_s"],
-            "pytorch": ref and ref["images_per_s"],
-            "ratio": ref and r["images_per_s"] / ref["images_per_s"],
-            "ours_peak_share": None,
-            "pytorch_peak_share": None,
-            "ours_rss_mib": r.get("peak_rss_mib"),
-            "pytorch_rss_mib": ref and ref["peak_rss_mib"],
-        })
+        table.append(throughput_row(
+            f"augment {r['size']}x{r['size']}{' blur' if r['blur'] else ''} {r['threads']} thread{'s' if r['threads'] > 1 else ''}",
+            "images/s", r["images_per_s"], ref and ref["images_per_s"],
+            ours_rss_mib=r.get("peak_rss_mib"), pytorch_rss_mib=ref and ref["peak_rss_mib"]))
 
     def fmt(v, spec):
         width = int(spec.split(".")[0] or 0)
         return "-".rjust(width) if v is None else format(v, spec)
 
-    head = f"{'measurement':34} {'unit':9} {'simclr-rs':>10} {'PyTorch':>10} {'ratio':>7} {'ours %peak':>10} {'torch %peak':>11} {'RSS MiB':>9} {'torch RSS':>9}"
+    head = f"{'measurement':36} {'unit':9} {'simclr-rs':>10} {'PyTorch':>10} {'ratio':>7} {'ours %peak':>10} {'torch %peak':>11} {'RSS MiB':>9} {'torch RSS':>9}"
     print(head)
     print("-" * len(head))
     for t in table:
-        print(f"{t['what']:34} {t['unit']:9} {fmt(t['ours'], '10.1f')} {fmt(t['pytorch'], '10.1f')} "
+        print(f"{t['what']:36} {t['unit']:9} {fmt(t['ours'], '10.1f')} {fmt(t['pytorch'], '10.1f')} "
               f"{fmt(t['ratio'], '6.2f')}x {fmt(t['ours_peak_share'] and 100 * t['ours_peak_share'], '9.1f')}% "
               f"{fmt(t['pytorch_peak_share'] and 100 * t['pytorch_peak_share'], '10.1f')}% "
               f"{fmt(t['ours_rss_mib'], '9.0f')} {fmt(t['pytorch_rss_mib'], '9.0f')}")

@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 
 use crate::folder::{FolderDataset, FolderIndex, Store};
-use crate::{DataError, Image, Skipped, Split};
+use crate::{DataError, Fnv64, Image, Skipped, Split};
 
 const MAGIC: &[u8; 8] = b"SIMCLRC1";
 const FOOTER: usize = 48;
@@ -101,30 +101,9 @@ fn read_at(file: &File, mut buf: &mut [u8], mut offset: u64) -> std::io::Result<
     Ok(())
 }
 
-/// 64-bit FNV-1a.
-struct Fnv(u64);
-
-impl Fnv {
-    fn new() -> Self {
-        Self(0xcbf2_9ce4_8422_2325)
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-
-    /// A length-prefixed field, so that concatenations cannot collide.
-    fn field(&mut self, bytes: &[u8]) {
-        self.write(&(bytes.len() as u64).to_le_bytes());
-        self.write(bytes);
-    }
-}
-
 /// The cache key of `index` with `options` (see the module docs).
 fn key(index: &FolderIndex, options: &CacheOptions<'_>) -> Result<u64, DataError> {
-    let mut h = Fnv::new();
+    let mut h = Fnv64::new();
     h.field(b"simclr-rs folder cache 1");
     let root = std::fs::canonicalize(&index.root).unwrap_or_else(|_| index.root.clone());
     h.field(root.to_string_lossy().as_bytes());
@@ -157,7 +136,7 @@ fn key(index: &FolderIndex, options: &CacheOptions<'_>) -> Result<u64, DataError
         let label = index.labels.as_ref().map_or(u64::MAX, |l| u64::from(l[i]));
         h.write(&label.to_le_bytes());
     }
-    Ok(h.0)
+    Ok(h.finish())
 }
 
 /// What a cache file's footer says.
@@ -203,7 +182,7 @@ pub(crate) fn open(
     path: &Path,
     split: Split,
     skip_bad_images: bool,
-    options: CacheOptions<'_>,
+    mut options: CacheOptions<'_>,
 ) -> Result<FolderDataset, DataError> {
     if options.height == 0 || options.width == 0 {
         return Err(DataError::malformed(
@@ -214,45 +193,35 @@ pub(crate) fn open(
     let index = crate::folder::index(path, split)?;
     let key = key(&index, &options)?;
     let file_path = options.dir.join(format!("folder-{key:016x}.cache"));
-    match read_existing(&file_path, key, &index, &options) {
-        Ok(Some((file, channels, status, reasons))) => {
-            return finish(
-                index,
-                path,
-                skip_bad_images,
-                file_path,
-                file,
-                &options,
-                channels,
-                &status,
-                &reasons,
-            );
+    let existing = match read_existing(&file_path, key, &index, &options) {
+        Ok(Some(existing)) => existing,
+        found => {
+            if let Err(why) = found {
+                eprintln!(
+                    "warning: the cache `{}` is unusable ({why}); building it again",
+                    file_path.display()
+                );
+            }
+            build(&index, skip_bad_images, &file_path, key, &mut options)?;
+            read_existing(&file_path, key, &index, &options)
+                .map_err(|why| DataError::malformed(&file_path, why))?
+                .ok_or_else(|| {
+                    DataError::malformed(&file_path, "the cache just built is missing")
+                })?
         }
-        Ok(None) => {}
-        Err(why) => eprintln!(
-            "warning: the cache `{}` is unusable ({why}); building it again",
-            file_path.display()
-        ),
-    }
-    build(&index, skip_bad_images, &file_path, key, options).and_then(|options| {
-        let (file, channels, status, reasons) = read_existing(&file_path, key, &index, &options)
-            .map_err(|why| DataError::malformed(&file_path, why))?
-            .ok_or_else(|| DataError::malformed(&file_path, "the cache just built is missing"))?;
-        finish(
-            index,
-            path,
-            skip_bad_images,
-            file_path,
-            file,
-            &options,
-            channels,
-            &status,
-            &reasons,
-        )
-    })
+    };
+    finish(index, path, skip_bad_images, file_path, &options, existing)
 }
 
-type Existing = (File, u8, Vec<u8>, String);
+/// A cache file that matches its folder, read up to its records.
+struct Existing {
+    file: File,
+    channels: u8,
+    /// One byte per file: 1 kept, 0 skipped.
+    status: Vec<u8>,
+    /// The skipped files' `index\treason` lines.
+    reasons: String,
+}
 
 /// The cache at `file_path` when it exists and matches; `Ok(None)` when there is none;
 /// `Err` (why) when it exists but does not match its key or length.
@@ -298,21 +267,29 @@ fn read_existing(
     let mut reasons = vec![0u8; footer.reasons_len as usize];
     read_at(&file, &mut reasons, n * record + n).map_err(|e| e.to_string())?;
     let reasons = String::from_utf8(reasons).map_err(|_| "its reasons are not UTF-8")?;
-    Ok(Some((file, footer.channels, status, reasons)))
+    Ok(Some(Existing {
+        file,
+        channels: footer.channels,
+        status,
+        reasons,
+    }))
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The dataset read from `existing`, the cache of `index`.
 fn finish(
     index: FolderIndex,
     path: &Path,
     skip_bad_images: bool,
     file_path: PathBuf,
-    file: File,
     options: &CacheOptions<'_>,
-    channels: u8,
-    status: &[u8],
-    reasons: &str,
+    existing: Existing,
 ) -> Result<FolderDataset, DataError> {
+    let Existing {
+        file,
+        channels,
+        status,
+        reasons,
+    } = existing;
     let mut skipped = Vec::new();
     for line in reasons.lines() {
         let (i, reason) = line.split_once('\t').unwrap_or((line, ""));
@@ -358,13 +335,13 @@ fn finish(
 }
 
 /// Decodes every image of `index` into a new cache at `file_path`.
-fn build<'a>(
+fn build(
     index: &FolderIndex,
     skip_bad_images: bool,
     file_path: &Path,
     key: u64,
-    mut options: CacheOptions<'a>,
-) -> Result<CacheOptions<'a>, DataError> {
+    options: &mut CacheOptions<'_>,
+) -> Result<(), DataError> {
     let dir = options.dir;
     // Headers first: the channel count must be known before the first record is written, and
     // an unreadable file fails the build before it has cost a decode pass.
@@ -404,7 +381,7 @@ fn build<'a>(
         skip_bad_images,
         &tmp,
         key,
-        &mut options,
+        options,
         channels,
         &mut status,
         &mut reasons,
@@ -420,7 +397,7 @@ fn build<'a>(
     if let Ok(d) = File::open(dir) {
         let _ = d.sync_all();
     }
-    Ok(options)
+    Ok(())
 }
 
 fn push_reason(reasons: &mut String, i: usize, reason: &str) {

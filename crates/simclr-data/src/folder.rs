@@ -462,18 +462,9 @@ impl Dataset for FolderDataset {
     }
 
     fn get(&self, index: usize) -> Result<Sample, DataError> {
-        let first = match self.image(index) {
-            Ok(image) => {
-                return Ok(Sample {
-                    image,
-                    label: self.label(index),
-                });
-            }
-            Err(e) if !self.skip_bad_images => return Err(e),
-            Err(e) => e,
-        };
-        self.note_late_skip(index, &first);
-        for k in 1..self.files.len() {
+        let mut first = None;
+        // Item `index`, or with skip_bad_images the next one that reads.
+        for k in 0..self.files.len() {
             let j = (index + k) % self.files.len();
             match self.image(j) {
                 Ok(image) => {
@@ -482,10 +473,14 @@ impl Dataset for FolderDataset {
                         label: self.label(j),
                     });
                 }
-                Err(e) => self.note_late_skip(j, &e),
+                Err(e) if !self.skip_bad_images => return Err(e),
+                Err(e) => {
+                    self.note_late_skip(j, &e);
+                    first.get_or_insert(e);
+                }
             }
         }
-        Err(first)
+        Err(first.expect("a dataset is never empty"))
     }
 
     fn label(&self, index: usize) -> Option<u32> {

@@ -41,6 +41,42 @@ pub use crate::folder::FolderDataset;
 pub use crate::folder::{decode_guarded, decode_limits};
 pub use crate::image::{Image, ImageError};
 
+/// 64-bit FNV-1a: a small, stable, dependency-free hash for cache keys and fingerprints (not
+/// a checksum against tampering).
+#[derive(Clone, Debug)]
+pub struct Fnv64(u64);
+
+impl Default for Fnv64 {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Fnv64 {
+    /// The empty hash (the FNV offset basis).
+    pub fn new() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+
+    /// Hashes `bytes` in.
+    pub fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+
+    /// Hashes in a length-prefixed field, so that concatenations of fields cannot collide.
+    pub fn field(&mut self, bytes: &[u8]) {
+        self.write(&(bytes.len() as u64).to_le_bytes());
+        self.write(bytes);
+    }
+
+    /// The hash.
+    pub fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 /// On-disk dataset formats.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Format {
@@ -190,19 +226,24 @@ pub fn has_separate_splits(path: &Path, format: Option<Format>) -> Result<bool, 
 ///
 /// A single file is read as given, whatever the split.
 pub fn open(path: &Path, options: &OpenOptions) -> Result<InMemoryDataset, DataError> {
+    match format_at(path, options)? {
+        Format::Idx => idx::open(path, options.split),
+        Format::Cifar10 => cifar::open(path, options.split),
+        Format::Folder => folder::open(path, options.split, options.skip_bad_images),
+    }
+}
+
+/// The format of the dataset at `path`: `options.format`, or detected; an error if the path
+/// does not exist.
+fn format_at(path: &Path, options: &OpenOptions) -> Result<Format, DataError> {
     if !path.exists() {
         return Err(DataError::NotFound {
             path: path.to_owned(),
         });
     }
-    let format = match options.format {
-        Some(f) => f,
-        None => detect(path)?,
-    };
-    match format {
-        Format::Idx => idx::open(path, options.split),
-        Format::Cifar10 => cifar::open(path, options.split),
-        Format::Folder => folder::open(path, options.split, options.skip_bad_images),
+    match options.format {
+        Some(f) => Ok(f),
+        None => detect(path),
     }
 }
 
@@ -234,16 +275,7 @@ pub fn open_any(
     options: &OpenOptions,
     cache: Option<CacheOptions<'_>>,
 ) -> Result<Arc<dyn Dataset>, DataError> {
-    if !path.exists() {
-        return Err(DataError::NotFound {
-            path: path.to_owned(),
-        });
-    }
-    let format = match options.format {
-        Some(f) => f,
-        None => detect(path)?,
-    };
-    Ok(match format {
+    Ok(match format_at(path, options)? {
         Format::Folder => Arc::new(open_folder(
             path,
             options.split,

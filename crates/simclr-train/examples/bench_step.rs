@@ -20,15 +20,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[path = "common/mod.rs"]
 mod common;
-use common::arg;
-
-/// Peak resident set size in MiB (`VmHWM`), Linux only.
-fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
-}
+use common::{arg, peak_rss_mib};
 
 fn main() -> candle_core::Result<()> {
     // SAFETY: first thing in `main`, before any other thread exists.

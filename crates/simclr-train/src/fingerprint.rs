@@ -32,7 +32,7 @@ impl DataFingerprint {
     /// # Errors
     /// A probed item that cannot be read (lazily read folders).
     pub fn of(data: &dyn Dataset) -> Result<Self, simclr_data::DataError> {
-        let mut h = Fnv::new();
+        let mut h = simclr_data::Fnv64::new();
         let len = data.len();
         for k in 0..PROBES.min(len) {
             let i = k * len / PROBES.min(len);
@@ -48,7 +48,7 @@ impl DataFingerprint {
             len,
             channels: data.channels(),
             classes: data.num_classes(),
-            items_hash: format!("{:016x}", h.0),
+            items_hash: format!("{:016x}", h.finish()),
         })
     }
 
@@ -77,21 +77,6 @@ impl DataFingerprint {
             d.push("the same count, but other images at the places sampled".into());
         }
         (!d.is_empty()).then(|| d.join("; "))
-    }
-}
-
-/// 64-bit FNV-1a.
-struct Fnv(u64);
-
-impl Fnv {
-    fn new() -> Self {
-        Self(0xcbf2_9ce4_8422_2325)
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
-        }
     }
 }
 

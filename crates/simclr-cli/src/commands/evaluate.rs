@@ -179,9 +179,9 @@ fn extract(args: &EvalArgs) -> anyhow::Result<Extracted> {
 
 /// FNV-1a, for naming cache files.
 fn fnv(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
+    let mut h = simclr_data::Fnv64::new();
+    h.write(s.as_bytes());
+    h.finish()
 }
 
 fn cached_features(

@@ -1,4 +1,5 @@
-//! Command-line helpers shared by the examples.
+//! Command-line helpers shared by the examples (each uses some of them).
+#![allow(dead_code)]
 
 use candle_core::Device;
 
@@ -21,4 +22,12 @@ pub fn device(spec: &str) -> candle_core::Result<Device> {
                 .unwrap_or(0),
         ),
     }
+}
+
+/// Peak resident set size in MiB (`VmHWM`), Linux only.
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
 }
