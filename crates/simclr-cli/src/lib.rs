@@ -139,6 +139,13 @@ impl DataArgs {
                 let mut bar = None;
                 let mut progress = |done: usize, total: usize| {
                     bar.get_or_insert_with(|| {
+                        if let Some(dir) = cache {
+                            eprintln!(
+                                "building the decoded cache of {total} images in `{}` (once; \
+                                 reused while the folder is unchanged)",
+                                dir.display()
+                            );
+                        }
                         progress_bar(total as u64, "decoding images into the cache")
                     })
                     .set_position(done as u64);

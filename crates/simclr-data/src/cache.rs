@@ -48,7 +48,8 @@ pub struct CacheOptions<'a> {
     pub resize: &'a (dyn Fn(&Image) -> Image + Sync),
     /// A name for `resize`, part of the key: another method makes another cache.
     pub resize_name: &'a str,
-    /// Called while building with (images done, images in all).
+    /// Called while building with (images done, images in all): once with 0 before the first
+    /// image, then after each round of decoding.
     pub progress: &'a mut dyn FnMut(usize, usize),
 }
 
@@ -424,6 +425,7 @@ fn write_cache(
     let record = options.width as usize * options.height as usize * usize::from(channels);
     let n = index.files.len();
     let (resize, width, height) = (options.resize, options.width, options.height);
+    (options.progress)(0, n);
     for start in (0..n).step_by(CHUNK) {
         let end = (start + CHUNK).min(n);
         let decoded: Vec<Result<Vec<u8>, String>> = (start..end)
