@@ -143,6 +143,18 @@ pub(crate) struct FolderIndex {
     pub(crate) class_names: Option<Vec<String>>,
 }
 
+impl FolderIndex {
+    /// The files and labels at `positions` (the items kept).
+    fn select(&self, positions: &[usize]) -> (Vec<PathBuf>, Option<Vec<u32>>) {
+        let files = positions.iter().map(|&i| self.files[i].clone()).collect();
+        let labels = self
+            .labels
+            .as_ref()
+            .map(|l| positions.iter().map(|&i| l[i]).collect());
+        (files, labels)
+    }
+}
+
 /// Lists the images of an image folder (see the module docs for the layout) without reading
 /// them.
 pub(crate) fn index(path: &Path, split: Split) -> Result<FolderIndex, DataError> {
@@ -287,11 +299,7 @@ pub(crate) fn open(
     if images.iter().any(|i| i.channels() == 3) {
         images = images.iter().map(Image::to_rgb).collect();
     }
-    let labels = index
-        .labels
-        .as_ref()
-        .map(|l| kept.iter().map(|&i| l[i]).collect());
-    let paths = kept.iter().map(|&i| index.files[i].clone()).collect();
+    let (paths, labels) = index.select(&kept);
     let num_classes = index.class_names.as_ref().map(Vec::len);
     let mut ds = InMemoryDataset::new(images, labels);
     ds.source = path.to_owned();
@@ -405,11 +413,7 @@ impl FolderDataset {
         store: Store,
         source: &Path,
     ) -> Self {
-        let labels = index
-            .labels
-            .as_ref()
-            .map(|l| kept.iter().map(|&i| l[i]).collect());
-        let files = kept.iter().map(|&i| index.files[i].clone()).collect();
+        let (files, labels) = index.select(kept);
         Self {
             source: source.to_owned(),
             files,
