@@ -129,6 +129,40 @@ fn bad_input_is_a_clear_error_and_writes_nothing() {
     assert!(stderr(&out).contains("--count"), "{}", stderr(&out));
 }
 
+#[test]
+fn a_decoder_panic_is_reported_once_without_the_panic_message() {
+    // The fuzz-found JPEG on which the JPEG decoder panics: the error (or, with
+    // --skip-bad-images, the warning) names the file, and the panic hook's "thread panicked
+    // at" line is not printed above it.
+    let dir = tempfile::tempdir().unwrap();
+    let class = dir.path().join("imgs/a");
+    std::fs::create_dir_all(&class).unwrap();
+    let crash = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../simclr-data/tests/fixtures/zune-jpeg-progressive-crash.jpg");
+    std::fs::copy(&crash, class.join("bad.jpg")).unwrap();
+    image::GrayImage::from_pixel(8, 8, image::Luma([9]))
+        .save(class.join("ok.png"))
+        .unwrap();
+    let out = simclr(&["augment-preview", "--data", "imgs"], dir.path());
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("bad.jpg") && err.contains("crashed"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let out = simclr(
+        &["augment-preview", "--data", "imgs", "--skip-bad-images"],
+        dir.path(),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("warning: skipped") && err.contains("bad.jpg"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    // The warning does not advise the flag that was passed.
+    assert!(!err.contains("pass --skip-bad-images"), "{err}");
+}
+
 /// A pretraining run small enough for a test: ⅛-width ResNet-18 on 16 px views.
 const TINY: &[&str] = &[
     "pretrain",

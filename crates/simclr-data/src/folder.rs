@@ -14,8 +14,10 @@
 //! - An undecodable file is an error naming it, or, with `skip_bad_images`, is left out and
 //!   listed in [`InMemoryDataset::skipped`] for the caller to report.
 
+use std::cell::Cell;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::Once;
 
 use rayon::prelude::*;
 
@@ -121,7 +123,7 @@ pub(crate) fn decode(path: &Path) -> Result<Image, String> {
 pub fn decode_guarded<R: std::io::BufRead + std::io::Seek>(
     reader: image::ImageReader<R>,
 ) -> Result<image::DynamicImage, String> {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reader.decode())) {
+    match catch_decoder_panic(|| reader.decode()) {
         Ok(r) => r.map_err(|e| e.to_string()),
         Err(payload) => {
             let what = payload
@@ -132,6 +134,31 @@ pub fn decode_guarded<R: std::io::BufRead + std::io::Seek>(
             Err(format!("the image decoder crashed on this file ({what})"))
         }
     }
+}
+
+thread_local! {
+    /// Whether this thread is inside [`catch_decoder_panic`].
+    static IN_DECODER: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs the decoder call `f`, catching a panic in it. The panic is the caller's to report
+/// (as an error naming the file), so the panic hook stays quiet for it: the first call
+/// wraps the process's hook in one that skips panics raised inside this function on the
+/// calling thread and hands every other panic to the hook it replaced.
+fn catch_decoder_panic<T>(f: impl FnOnce() -> T) -> std::thread::Result<T> {
+    static QUIET_HOOK: Once = Once::new();
+    QUIET_HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !IN_DECODER.with(Cell::get) {
+                previous(info);
+            }
+        }));
+    });
+    let outer = IN_DECODER.with(|d| d.replace(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    IN_DECODER.with(|d| d.set(outer));
+    result
 }
 
 /// The files of an image folder in dataset order, with their labels and class names.
@@ -321,7 +348,7 @@ pub(crate) fn probe(path: &Path) -> Result<u8, String> {
         .with_guessed_format()
         .map_err(|e| e.to_string())?;
     reader.limits(decode_limits());
-    let header = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+    let header = catch_decoder_panic(|| {
         let decoder = reader.into_decoder().map_err(|e| e.to_string())?;
         let (w, h) = decoder.dimensions();
         if w == 0 || h == 0 {
@@ -332,7 +359,7 @@ pub(crate) fn probe(path: &Path) -> Result<u8, String> {
         } else {
             1
         })
-    }));
+    });
     header.unwrap_or_else(|_| Err("the image decoder crashed on this file's header".into()))
 }
 
@@ -521,8 +548,14 @@ impl FolderDataset {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if seen.insert(path.clone()) {
+            // The decoder's reason alone: the error's own hint to pass --skip-bad-images
+            // would be advice already taken.
+            let why = match err {
+                DataError::BadImage { reason, .. } => reason.clone(),
+                other => other.to_string(),
+            };
             eprintln!(
-                "warning: skipped `{}` during the run: {err}",
+                "warning: skipped `{}` during the run: {why}",
                 path.display()
             );
         }
