@@ -127,6 +127,12 @@ fn bad_input_is_a_clear_error_and_writes_nothing() {
     let out = simclr(&["augment-preview", "--count", "0"], dir.path());
     assert!(!out.status.success());
     assert!(stderr(&out).contains("--count"), "{}", stderr(&out));
+
+    // An output without an image extension is refused before any work.
+    let out = simclr(&["augment-preview", "--out", "grid.txt"], dir.path());
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("grid.txt"), "{}", stderr(&out));
+    assert!(!dir.path().join("grid.txt").exists());
 }
 
 #[test]
@@ -161,6 +167,35 @@ fn a_decoder_panic_is_reported_once_without_the_panic_message() {
     assert!(!err.contains("panicked"), "{err}");
     // The warning does not advise the flag that was passed.
     assert!(!err.contains("pass --skip-bad-images"), "{err}");
+}
+
+#[test]
+fn augment_preview_replaces_its_output_whole() {
+    // The grid is written through a temporary file and a rename: an existing file at --out is
+    // replaced by a complete image and no temporary file is left beside it.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("v.png"), b"an older, unrelated file").unwrap();
+    let out = simclr(
+        &[
+            "augment-preview",
+            "--out",
+            "v.png",
+            "--count",
+            "2",
+            "--zoom",
+            "1",
+        ],
+        dir.path(),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let img = image::open(dir.path().join("v.png")).unwrap();
+    // The bundled sample's 28x28 cells, two rows, 4-px gaps.
+    assert_eq!(img.height(), 2 * (28 + 4) + 4);
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(left, ["v.png"]);
 }
 
 /// A pretraining run small enough for a test: ⅛-width ResNet-18 on 16 px views.

@@ -66,6 +66,12 @@ pub fn run(args: &AugmentPreviewArgs) -> anyhow::Result<()> {
     if args.count == 0 {
         bail!("--count must be at least 1");
     }
+    let format = image::ImageFormat::from_path(&args.out).with_context(|| {
+        format!(
+            "--out `{}`: the image format is named by the extension (.png, .jpg, …)",
+            args.out.display()
+        )
+    })?;
     let run: Option<TrainConfig> = match &args.from_run {
         Some(dir) => {
             let path = dir.join("config.json");
@@ -133,7 +139,12 @@ pub fn run(args: &AugmentPreviewArgs) -> anyhow::Result<()> {
             paste(&mut grid, cell_img, x0, y0, zoom);
         }
     }
-    grid.save(&args.out)
+    // Encoded in memory, then written atomically: an interrupted write leaves the previous
+    // grid (or nothing), never a truncated image.
+    let mut bytes = Vec::new();
+    grid.write_to(&mut std::io::Cursor::new(&mut bytes), format)
+        .with_context(|| format!("while encoding `{}`", args.out.display()))?;
+    simclr_model::io::write_atomic(&args.out, &bytes)
         .with_context(|| format!("while writing `{}`", args.out.display()))?;
     println!(
         "wrote {} ({count} images from {}: original | view 1 | view 2, {size}x{size} px, zoom {zoom}x)",
