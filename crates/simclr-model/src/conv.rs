@@ -478,6 +478,18 @@ fn with_scratch<R>(a: usize, b: usize, f: impl FnOnce(&mut [f32], &mut [f32]) ->
     })
 }
 
+/// Zeroes `s`, one of im2col/col2im's padding fills: empty or a single tap for a padding of 1
+/// (a `memset` call per image row costs more than the row's copy at these sizes), longer
+/// only at the top and bottom rows.
+#[inline(always)]
+fn zero(s: &mut [f32]) {
+    match s {
+        [] => {}
+        [x] => *x = 0.0,
+        _ => s.fill(0.0),
+    }
+}
+
 /// Writes output rows `[r0, r1)` of image `x` (`[C, H, W]`) as `col[C·K·K, (r1−r0)·OW]`,
 /// rows `ld` scalars apart.
 fn im2col(x: &[f32], g: &Geom, (r0, r1): (usize, usize), col: &mut [f32], ld: usize) {
@@ -492,8 +504,8 @@ fn im2col(x: &[f32], g: &Geom, (r0, r1): (usize, usize), col: &mut [f32], ld: us
                 let (ow_lo, ow_hi) = g.valid(kj, w, ow);
                 let r = (c * g.k + ki) * g.k + kj;
                 let row = &mut col[r * ld..r * ld + (r1 - r0) * ow];
-                row[..(lo - r0) * ow].fill(0.0);
-                row[(hi.max(lo) - r0) * ow..].fill(0.0);
+                zero(&mut row[..(lo - r0) * ow]);
+                zero(&mut row[(hi.max(lo) - r0) * ow..]);
                 if lo >= hi {
                     continue;
                 }
@@ -505,16 +517,16 @@ fn im2col(x: &[f32], g: &Geom, (r0, r1): (usize, usize), col: &mut [f32], ld: us
                     row[d0..d1].copy_from_slice(&xc[s0..s0 + d1 - d0]);
                     if ow_lo > 0 || ow_hi < w {
                         for dst in row[(lo - r0) * w..(hi - r0) * w].chunks_exact_mut(w) {
-                            dst[..ow_lo].fill(0.0);
-                            dst[ow_hi..].fill(0.0);
+                            zero(&mut dst[..ow_lo]);
+                            zero(&mut dst[ow_hi..]);
                         }
                     }
                     continue;
                 }
                 for (oh, dst) in (lo..hi).zip(row[(lo - r0) * ow..].chunks_exact_mut(ow)) {
                     let src = &xc[(oh * s + ki - p) * w..][..w];
-                    dst[..ow_lo].fill(0.0);
-                    dst[ow_hi..].fill(0.0);
+                    zero(&mut dst[..ow_lo]);
+                    zero(&mut dst[ow_hi..]);
                     let taps = src[ow_lo * s + kj - p..].iter().step_by(s);
                     for (d, v) in dst[ow_lo..ow_hi].iter_mut().zip(taps) {
                         *d = *v;
@@ -548,8 +560,8 @@ fn col2im(col: &mut [f32], ld: usize, g: &Geom, (r0, r1): (usize, usize), dx: &m
                     // valid rows as one block.
                     if ow_lo > 0 || ow_hi < w {
                         for src in row.chunks_exact_mut(w) {
-                            src[..ow_lo].fill(0.0);
-                            src[ow_hi..].fill(0.0);
+                            zero(&mut src[..ow_lo]);
+                            zero(&mut src[ow_hi..]);
                         }
                     }
                     let (d0, d1) = (ow_lo, (hi - 1 - lo) * w + ow_hi);
