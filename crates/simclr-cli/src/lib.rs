@@ -194,6 +194,20 @@ impl DataArgs {
     }
 }
 
+/// Encodes `img` as `format` in memory, then writes it atomically (temporary file, fsync,
+/// rename): an interrupted write leaves the previous file, or none, never a truncated image.
+pub(crate) fn write_image_atomic(
+    path: &Path,
+    img: &image::RgbImage,
+    format: image::ImageFormat,
+) -> anyhow::Result<()> {
+    let mut bytes = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut bytes), format)
+        .with_context(|| format!("while encoding `{}`", path.display()))?;
+    simclr_model::io::write_atomic(path, &bytes)?;
+    Ok(())
+}
+
 /// A progress bar on an interactive stderr, hidden otherwise.
 pub fn progress_bar(len: u64, what: &str) -> indicatif::ProgressBar {
     use std::io::IsTerminal;

@@ -139,13 +139,7 @@ pub fn run(args: &AugmentPreviewArgs) -> anyhow::Result<()> {
             paste(&mut grid, cell_img, x0, y0, zoom);
         }
     }
-    // Encoded in memory, then written atomically: an interrupted write leaves the previous
-    // grid (or nothing), never a truncated image.
-    let mut bytes = Vec::new();
-    grid.write_to(&mut std::io::Cursor::new(&mut bytes), format)
-        .with_context(|| format!("while encoding `{}`", args.out.display()))?;
-    simclr_model::io::write_atomic(&args.out, &bytes)
-        .with_context(|| format!("while writing `{}`", args.out.display()))?;
+    crate::write_image_atomic(&args.out, &grid, format)?;
     println!(
         "wrote {} ({count} images from {}: original | view 1 | view 2, {size}x{size} px, zoom {zoom}x)",
         args.out.display(),

@@ -697,13 +697,5 @@ fn draw_grid(
             .map_err(|e| anyhow::anyhow!("drawing the grid: {e}"))?;
     }
     let canvas = image::RgbImage::from_raw(cw, ch, buf).expect("the buffer it was made from");
-    let mut bytes = Vec::new();
-    canvas
-        .write_to(
-            &mut std::io::Cursor::new(&mut bytes),
-            image::ImageFormat::Png,
-        )
-        .context("encoding the grid")?;
-    io::write_atomic(png, &bytes)?;
-    Ok(())
+    crate::write_image_atomic(png, &canvas, image::ImageFormat::Png)
 }
