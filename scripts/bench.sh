@@ -57,10 +57,11 @@ if [ "$torch" = 1 ]; then
     fi
 fi
 
-cargo build --release -q -p simclr-train --example bench_step
-cargo build --release -q -p simclr-augment --example augment_throughput
-cargo build --release -q -p simclr-eval --example embed_throughput
-cargo build --release -q -p simclr-cli
+# One invocation: built one package at a time, each unifies features differently and builds
+# its own copy of candle, gemm and image (three release builds of them instead of one); this
+# set is the same as `cargo build --release -p simclr-cli`'s.
+cargo build --release -q -p simclr-cli -p simclr-train -p simclr-augment -p simclr-eval \
+    --bin simclr --example bench_step --example augment_throughput --example embed_throughput
 step=target/release/examples/bench_step
 aug=target/release/examples/augment_throughput
 embed=target/release/examples/embed_throughput
