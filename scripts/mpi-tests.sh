@@ -22,12 +22,7 @@ MPIRUN=(mpirun -np 2 --oversubscribe -x RAYON_NUM_THREADS=1)
 cargo build --release --locked -p simclr-cli --features mpi
 bin=target/release/simclr
 test_bin=$(cargo test --release --locked -p simclr-train --features mpi --test mpi --no-run \
-    --message-format=json 2>/dev/null | python3 -c '
-import json, sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "mpi":
-        print(m["executable"])')
+    --message-format=json 2>/dev/null | python3 scripts/test-executables.py mpi)
 
 echo "== 1. the MPI test binary, 2 ranks"
 timeout 600 "${MPIRUN[@]}" "$test_bin"
