@@ -607,15 +607,23 @@ fn unstack(src: &[f32], rows: usize, per: usize, gn: usize, dst: &mut [f32]) {
 /// The forward pass: `[N, C, H, W]` ⊛ `[O, C, K, K]` → `[N, O, OH, OW]`.
 fn forward(x: &[f32], wt: &[f32], g: &Geom) -> Vec<f32> {
     let (o, ckk, ohw, chw, ow) = (g.o, g.ckk(), g.ohw(), g.chw(), g.ow);
-    let mut y = vec![0f32; g.n * g.out_len()];
-    if y.is_empty() {
+    let len = g.n * g.out_len();
+    let mut y: Vec<f32> = Vec::with_capacity(len);
+    if len == 0 {
         return y;
     }
     let grp = g.group();
     let w_m = View::row_major(wt, o, ckk);
-    y.par_chunks_mut(grp * g.out_len())
+    y.spare_capacity_mut()[..len]
+        .par_chunks_mut(grp * g.out_len())
         .enumerate()
         .for_each(|(i, yc)| {
+            // Zeroed by the thread that fills it (as in `input_grad`) instead of by the
+            // allocator on the calling thread while the other workers wait.
+            yc.fill(MaybeUninit::new(0.0));
+            // SAFETY: every element was just initialised, and `MaybeUninit<f32>` has the
+            // layout of `f32`.
+            let yc = unsafe { &mut *(yc as *mut [MaybeUninit<f32>] as *mut [f32]) };
             let gn = yc.len() / g.out_len();
             let xs = &x[i * grp * chw..(i * grp + gn) * chw];
             if gn == 1 && g.pointwise() {
@@ -639,6 +647,8 @@ fn forward(x: &[f32], wt: &[f32], g: &Geom) -> Vec<f32> {
                 })
             }
         });
+    // SAFETY: the chunks cover the first `len` elements and each task initialised its chunk.
+    unsafe { y.set_len(len) };
     y
 }
 
