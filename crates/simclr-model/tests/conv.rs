@@ -73,6 +73,13 @@ const CASES: &[Case] = &[
     case(1, 2, (45, 37), 3, 7, 2, 3),
     case(2, 4, (20, 17), 5, 1, 1, 0),
     case(2, 4, (34, 34), 5, 1, 2, 0),
+    // Stride-1 3×3 "same" convolutions at least 24 columns wide run on shifted views of
+    // the padded image: one tile, and several (the last partial) for the forward and weight
+    // gradient (many output channels) and for the input gradient (many input channels).
+    case(2, 16, (26, 26), 24, 3, 1, 1),
+    case(2, 4, (12, 25), 6, 3, 1, 1),
+    case(1, 12, (40, 24), 160, 3, 1, 1),
+    case(1, 160, (40, 24), 12, 3, 1, 1),
 ];
 
 fn randn(shape: &[usize], seed: u64) -> Vec<f32> {
