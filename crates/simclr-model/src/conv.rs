@@ -19,7 +19,7 @@
 //! gradient sums one partial per thread, which measured faster than accumulating into one
 //! buffer with gemm's own parallelism.
 //!
-//! A stride-1 3×3 "same" convolution at least [`SHIFTED_MIN_WIDTH`] wide skips im2col and
+//! A stride-1 3×3 "same" convolution at least 24 columns wide skips im2col and
 //! col2im altogether: nine gemms per pass read shifted views of the zero-padded image in
 //! place (module `shifted`).
 
