@@ -536,13 +536,48 @@ fn im2col(x: &[f32], g: &Geom, (r0, r1): (usize, usize), col: &mut [f32], ld: us
                     let src = &xc[(oh * s + ki - p) * w..][..w];
                     zero(&mut dst[..ow_lo]);
                     zero(&mut dst[ow_hi..]);
-                    let taps = src[ow_lo * s + kj - p..].iter().step_by(s);
-                    for (d, v) in dst[ow_lo..ow_hi].iter_mut().zip(taps) {
-                        *d = *v;
-                    }
+                    gather(&mut dst[ow_lo..ow_hi], &src[ow_lo * s + kj - p..], s);
                 }
             }
         }
+    }
+}
+
+/// `dst[i] = src[i·s]`. Stride 2 (the downsampling convolutions) goes through pairs, which
+/// the compiler vectorises as interleaved loads; `step_by` stays scalar.
+#[inline(always)]
+fn gather(dst: &mut [f32], src: &[f32], s: usize) {
+    if s == 2 {
+        let pairs = src.chunks_exact(2);
+        let n = pairs.len().min(dst.len());
+        for (d, pair) in dst[..n].iter_mut().zip(pairs) {
+            *d = pair[0];
+        }
+        if let (Some(d), Some(v)) = (dst.get_mut(n), src.get(2 * n)) {
+            *d = *v;
+        }
+        return;
+    }
+    for (d, v) in dst.iter_mut().zip(src.iter().step_by(s)) {
+        *d = *v;
+    }
+}
+
+/// `dst[i·s] += src[i]`: the adjoint of [`gather`].
+#[inline(always)]
+fn scatter_add(dst: &mut [f32], src: &[f32], s: usize) {
+    if s == 2 {
+        let n = (dst.len() / 2).min(src.len());
+        for (pair, v) in dst.chunks_exact_mut(2).zip(&src[..n]) {
+            pair[0] += v;
+        }
+        if let (Some(d), Some(v)) = (dst.get_mut(2 * n), src.get(n)) {
+            *d += v;
+        }
+        return;
+    }
+    for (d, v) in dst.iter_mut().step_by(s).zip(src) {
+        *d += v;
     }
 }
 
@@ -582,10 +617,7 @@ fn col2im(col: &mut [f32], ld: usize, g: &Geom, (r0, r1): (usize, usize), dx: &m
                 }
                 for (oh, src) in (lo..hi).zip(row.chunks_exact(ow)) {
                     let dst = &mut xc[(oh * s + ki - p) * w..][..w];
-                    let taps = dst[ow_lo * s + kj - p..].iter_mut().step_by(s);
-                    for (d, v) in taps.zip(&src[ow_lo..ow_hi]) {
-                        *d += v;
-                    }
+                    scatter_add(&mut dst[ow_lo * s + kj - p..], &src[ow_lo..ow_hi], s);
                 }
             }
         }
