@@ -416,6 +416,32 @@ impl<'a> View<'a> {
 /// `dst = lhs · rhs` (or `dst += lhs · rhs` when `accumulate`), `dst` row-major
 /// `[lhs.rows, rhs.cols]` with rows `dst_rs` scalars apart; single-threaded.
 fn matmul(dst: &mut [f32], dst_rs: usize, lhs: View, rhs: View, accumulate: bool) {
+    // SAFETY: `&mut [f32]` and `&mut [MaybeUninit<f32>]` have the same layout, and `dst`
+    // is initialised, as `gemm_into` reads it (with `accumulate`) and leaves it.
+    let dst = unsafe { &mut *(dst as *mut [f32] as *mut [MaybeUninit<f32>]) };
+    // SAFETY: `dst` is initialised (it was a `&mut [f32]`).
+    unsafe { gemm_into(dst, dst_rs, lhs, rhs, accumulate) }
+}
+
+/// `dst = lhs · rhs` into memory that need not be initialised: every element of the
+/// `[lhs.rows, rhs.cols]` block (rows `dst_rs` scalars apart) is written, none read.
+fn matmul_uninit(dst: &mut [MaybeUninit<f32>], dst_rs: usize, lhs: View, rhs: View) {
+    // SAFETY: without `accumulate`, nothing of `dst` is read.
+    unsafe { gemm_into(dst, dst_rs, lhs, rhs, false) }
+}
+
+/// The gemm behind [`matmul`] and [`matmul_uninit`]: writes `lhs · rhs` (added to what is
+/// there with `accumulate`) as initialised floats into the block of `dst`.
+///
+/// # Safety
+/// With `accumulate`, the block of `dst` must be initialised: it is read.
+unsafe fn gemm_into(
+    dst: &mut [MaybeUninit<f32>],
+    dst_rs: usize,
+    lhs: View,
+    rhs: View,
+    accumulate: bool,
+) {
     let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
     assert_eq!(rhs.rows, k, "matmul: inner dimensions differ");
     assert!(lhs.end() <= lhs.data.len() && rhs.end() <= rhs.data.len());
@@ -429,7 +455,7 @@ fn matmul(dst: &mut [f32], dst_rs: usize, lhs: View, rhs: View, accumulate: bool
     if k == 0 {
         if !accumulate {
             for row in dst.chunks_mut(dst_rs).take(m) {
-                row[..n].fill(0.0);
+                row[..n].fill(MaybeUninit::new(0.0));
             }
         }
         return;
@@ -437,13 +463,14 @@ fn matmul(dst: &mut [f32], dst_rs: usize, lhs: View, rhs: View, accumulate: bool
     // SAFETY: the asserts above keep every index gemm touches, `(m−1)·rs + (n−1)·cs` for each
     // operand, inside its slice; `dst` is exclusively borrowed and the operands are shared
     // borrows, so they cannot alias it. gemm computes `dst = alpha·dst + beta·lhs·rhs`,
-    // reading `dst` only when `read_dst`.
+    // reading `dst` only when `read_dst` (`accumulate`: initialised, by this fn's contract)
+    // and writing every element of the block; `MaybeUninit<f32>` has the layout of `f32`.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst.as_mut_ptr().cast::<f32>(),
             1,
             dst_rs as isize,
             accumulate,
@@ -635,12 +662,13 @@ fn stack(src: &[f32], rows: usize, per: usize, gn: usize, dst: &mut [f32]) {
     }
 }
 
-/// The inverse of [`stack`]: `src[rows, gn·per]` back to image-major `[gn, rows, per]`.
-fn unstack(src: &[f32], rows: usize, per: usize, gn: usize, dst: &mut [f32]) {
+/// The inverse of [`stack`]: `src[rows, gn·per]` back to image-major `[gn, rows, per]`,
+/// every element of `dst`'s first `gn·rows·per` written.
+fn unstack(src: &[f32], rows: usize, per: usize, gn: usize, dst: &mut [MaybeUninit<f32>]) {
     for i in 0..gn {
         for r in 0..rows {
             let at = r * gn * per + i * per;
-            dst[(i * rows + r) * per..][..per].copy_from_slice(&src[at..at + per]);
+            dst[(i * rows + r) * per..][..per].write_copy_of_slice(&src[at..at + per]);
         }
     }
 }
@@ -662,16 +690,11 @@ fn forward(x: &[f32], wt: &[f32], g: &Geom) -> Vec<f32> {
         .par_chunks_mut(grp * g.out_len())
         .enumerate()
         .for_each(|(i, yc)| {
-            // Zeroed by the thread that fills it (as in `input_grad`) instead of by the
-            // allocator on the calling thread while the other workers wait.
-            yc.fill(MaybeUninit::new(0.0));
-            // SAFETY: every element was just initialised, and `MaybeUninit<f32>` has the
-            // layout of `f32`.
-            let yc = unsafe { &mut *(yc as *mut [MaybeUninit<f32>] as *mut [f32]) };
+            // Not zeroed: the gemms (or `unstack`) write every element of the chunk.
             let gn = yc.len() / g.out_len();
             let xs = &x[i * grp * chw..(i * grp + gn) * chw];
             if gn == 1 && g.pointwise() {
-                matmul(yc, ohw, w_m, View::row_major(xs, g.c, ohw), false);
+                matmul_uninit(yc, ohw, w_m, View::row_major(xs, g.c, ohw));
                 return;
             }
             for (r0, r1) in g.row_tiles(gn) {
@@ -683,7 +706,8 @@ fn forward(x: &[f32], wt: &[f32], g: &Geom) -> Vec<f32> {
                     }
                     let col = View::row_major(col, ckk, cols);
                     if gn == 1 {
-                        matmul(&mut yc[r0 * ow..], ohw, w_m, col, false);
+                        // Output rows `r0..r1` of every channel: the tiles cover them all.
+                        matmul_uninit(&mut yc[r0 * ow..], ohw, w_m, col);
                     } else {
                         matmul(tmp, cols, w_m, col, false);
                         unstack(tmp, o, ohw, gn, yc);
@@ -691,7 +715,9 @@ fn forward(x: &[f32], wt: &[f32], g: &Geom) -> Vec<f32> {
                 })
             }
         });
-    // SAFETY: the chunks cover the first `len` elements and each task initialised its chunk.
+    // SAFETY: the chunks cover the first `len` elements and each task wrote all of its chunk:
+    // a pointwise gemm or, per tile of output rows, a gemm or `unstack` writing those rows of
+    // every channel, the tiles covering all rows.
     unsafe { y.set_len(len) };
     y
 }
@@ -713,18 +739,18 @@ fn input_grad(dy: &[f32], wt: &[f32], g: &Geom) -> Vec<f32> {
         .par_chunks_mut(grp * chw)
         .enumerate()
         .for_each(|(i, dxc)| {
-            // Zeroed by the thread that fills it, before col2im reads it: one pass over fresh
-            // memory, one page fault per page, whatever the allocator.
+            let gn = dxc.len() / chw;
+            let dys = &dy[i * grp * g.out_len()..(i * grp + gn) * g.out_len()];
+            if gn == 1 && g.pointwise() {
+                matmul_uninit(dxc, ohw, wt_m, View::row_major(dys, o, ohw));
+                return;
+            }
+            // Zeroed by the thread that fills it, before col2im adds into it: one pass over
+            // fresh memory, one page fault per page, whatever the allocator.
             dxc.fill(MaybeUninit::new(0.0));
             // SAFETY: every element was just initialised, and `MaybeUninit<f32>` has the
             // layout of `f32`.
             let dxc = unsafe { &mut *(dxc as *mut [MaybeUninit<f32>] as *mut [f32]) };
-            let gn = dxc.len() / chw;
-            let dys = &dy[i * grp * g.out_len()..(i * grp + gn) * g.out_len()];
-            if gn == 1 && g.pointwise() {
-                matmul(dxc, ohw, wt_m, View::row_major(dys, o, ohw), false);
-                return;
-            }
             for (r0, r1) in g.row_tiles(gn) {
                 let per = (r1 - r0) * ow;
                 let cols = gn * per;
@@ -939,12 +965,12 @@ mod shifted {
         (r0, r1): (usize, usize),
         (h, w): (usize, usize),
         pw: usize,
-        dst: &mut [f32],
+        dst: &mut [MaybeUninit<f32>],
     ) {
         for r in 0..rows {
             let (s, d) = (&src[r * ld..], &mut dst[r * h * w..][..h * w]);
             for i in r0..r1 {
-                d[i * w..][..w].copy_from_slice(&s[(i - r0) * pw..][..w]);
+                d[i * w..][..w].write_copy_of_slice(&s[(i - r0) * pw..][..w]);
             }
         }
     }
@@ -960,10 +986,6 @@ mod shifted {
             .par_chunks_mut(out.max(1))
             .enumerate()
             .for_each(|(n, yn)| {
-                // SAFETY: `narrow` writes every element of the image's output (the tiles
-                // cover its rows, each row written in full for every channel) before
-                // anything reads it; `MaybeUninit<f32>` has the layout of `f32`.
-                let yn = unsafe { &mut *(yn as *mut [MaybeUninit<f32>] as *mut [f32]) };
                 let xn = &x[n * chw..][..chw];
                 with_scratch(wide.padded_len(c), o * wide.max_cols(), |xp, acc| {
                     pad(xn, c, h, w, &wide, xp);
@@ -984,7 +1006,8 @@ mod shifted {
                     }
                 })
             });
-        // SAFETY: every image's chunk was written in full above.
+        // SAFETY: `narrow` wrote every element of each image's chunk: the tiles cover its
+        // rows, each written in full for every channel.
         unsafe { y.set_len(len) };
         y
     }
@@ -1001,8 +1024,6 @@ mod shifted {
             .par_chunks_mut(chw.max(1))
             .enumerate()
             .for_each(|(n, dxn)| {
-                // SAFETY: as in `forward`: `narrow` writes all of it first.
-                let dxn = unsafe { &mut *(dxn as *mut [MaybeUninit<f32>] as *mut [f32]) };
                 let dyn_ = &dy[n * out..][..out];
                 with_scratch(wide.padded_len(o), c * wide.max_cols(), |dyp, acc| {
                     pad(dyn_, o, h, w, &wide, dyp);
@@ -1024,7 +1045,7 @@ mod shifted {
                     }
                 })
             });
-        // SAFETY: every image's chunk was written in full above.
+        // SAFETY: as in `forward`, `narrow` wrote every element.
         unsafe { dx.set_len(len) };
         dx
     }
