@@ -918,6 +918,25 @@ mod shifted {
             })
         }
 
+        /// The padded buffer `buf` of `channels` planes shifted by tap `t` for the tile from
+        /// output row `r0`: `[channels, cols]`, rows one plane apart.
+        fn tap<'a>(
+            &self,
+            buf: &'a [f32],
+            channels: usize,
+            r0: usize,
+            t: usize,
+            cols: usize,
+        ) -> View<'a> {
+            View {
+                data: &buf[(r0 + t / 3) * self.pw + t % 3..],
+                rows: channels,
+                cols,
+                rs: self.plane,
+                cs: 1,
+            }
+        }
+
         /// Largest rounded tile.
         fn max_cols(&self) -> usize {
             (self.tile_rows * self.pw).next_multiple_of(16)
@@ -977,77 +996,53 @@ mod shifted {
 
     /// The forward pass: `[N, C, H, W]` ⊛ `[O, C, 3, 3]` → `[N, O, H, W]`.
     pub(super) fn forward(x: &[f32], wt: &[f32], g: &Geom) -> Vec<f32> {
-        let (o, c, h, w) = (g.o, g.c, g.h, g.w);
-        let wide = Wide::new(g, o);
-        let (chw, out) = (g.chw(), g.out_len());
-        let len = g.n * out;
-        let mut y: Vec<f32> = Vec::with_capacity(len);
-        y.spare_capacity_mut()[..len]
-            .par_chunks_mut(out.max(1))
+        let (o, c) = (g.o, g.c);
+        same_conv(x, c, o, g, |t| tap_view(wt, o, c, t, false))
+    }
+
+    /// The input gradient: `dY` `[N, O, H, W]` and `W` → `dX` `[N, C, H, W]`, the
+    /// stride-1 convolution of the padded `dY` with the flipped, transposed kernel: the
+    /// view at shift `(ki, kj)` meets tap `(2 − ki, 2 − kj)`.
+    pub(super) fn input_grad(dy: &[f32], wt: &[f32], g: &Geom) -> Vec<f32> {
+        let (o, c) = (g.o, g.c);
+        same_conv(dy, o, c, g, |t| tap_view(wt, o, c, TAPS - 1 - t, true))
+    }
+
+    /// `[N, cin, H, W]` → `[N, cout, H, W]`: per image and tile of output rows,
+    /// `Σₜ lhs(t) · (the padded image shifted by tap t)`, `lhs(t)` being `[cout, cin]`.
+    fn same_conv<'w>(
+        src: &[f32],
+        cin: usize,
+        cout: usize,
+        g: &Geom,
+        lhs: impl Fn(usize) -> View<'w> + Sync,
+    ) -> Vec<f32> {
+        let (h, w) = (g.h, g.w);
+        let wide = Wide::new(g, cout);
+        let (per_in, per_out) = (cin * h * w, cout * h * w);
+        let len = g.n * per_out;
+        let mut dst: Vec<f32> = Vec::with_capacity(len);
+        dst.spare_capacity_mut()[..len]
+            .par_chunks_mut(per_out.max(1))
             .enumerate()
-            .for_each(|(n, yn)| {
-                let xn = &x[n * chw..][..chw];
-                with_scratch(wide.padded_len(c), o * wide.max_cols(), |xp, acc| {
-                    pad(xn, c, h, w, &wide, xp);
+            .for_each(|(n, dn)| {
+                let sn = &src[n * per_in..][..per_in];
+                with_scratch(wide.padded_len(cin), cout * wide.max_cols(), |sp, acc| {
+                    pad(sn, cin, h, w, &wide, sp);
                     for (r0, r1, cols) in wide.tiles(h) {
-                        let acc = &mut acc[..o * cols];
+                        let acc = &mut acc[..cout * cols];
                         for t in 0..TAPS {
-                            let shift = (r0 + t / 3) * wide.pw + t % 3;
-                            let rhs = View {
-                                data: &xp[shift..],
-                                rows: c,
-                                cols,
-                                rs: wide.plane,
-                                cs: 1,
-                            };
-                            matmul(acc, cols, tap_view(wt, o, c, t, false), rhs, t > 0);
+                            let rhs = wide.tap(sp, cin, r0, t, cols);
+                            matmul(acc, cols, lhs(t), rhs, t > 0);
                         }
-                        narrow(acc, cols, o, (r0, r1), (h, w), wide.pw, yn);
+                        narrow(acc, cols, cout, (r0, r1), (h, w), wide.pw, dn);
                     }
                 })
             });
         // SAFETY: `narrow` wrote every element of each image's chunk: the tiles cover its
         // rows, each written in full for every channel.
-        unsafe { y.set_len(len) };
-        y
-    }
-
-    /// The input gradient: `dY` `[N, O, H, W]` and `W` → `dX` `[N, C, H, W]`, the
-    /// stride-1 convolution of the padded `dY` with the flipped, transposed kernel.
-    pub(super) fn input_grad(dy: &[f32], wt: &[f32], g: &Geom) -> Vec<f32> {
-        let (o, c, h, w) = (g.o, g.c, g.h, g.w);
-        let wide = Wide::new(g, c);
-        let (chw, out) = (g.chw(), g.out_len());
-        let len = g.n * chw;
-        let mut dx: Vec<f32> = Vec::with_capacity(len);
-        dx.spare_capacity_mut()[..len]
-            .par_chunks_mut(chw.max(1))
-            .enumerate()
-            .for_each(|(n, dxn)| {
-                let dyn_ = &dy[n * out..][..out];
-                with_scratch(wide.padded_len(o), c * wide.max_cols(), |dyp, acc| {
-                    pad(dyn_, o, h, w, &wide, dyp);
-                    for (r0, r1, cols) in wide.tiles(h) {
-                        let acc = &mut acc[..c * cols];
-                        for t in 0..TAPS {
-                            // Tap (ki, kj) of the forward reads dY at (2 − ki, 2 − kj).
-                            let shift = (r0 + 2 - t / 3) * wide.pw + 2 - t % 3;
-                            let rhs = View {
-                                data: &dyp[shift..],
-                                rows: o,
-                                cols,
-                                rs: wide.plane,
-                                cs: 1,
-                            };
-                            matmul(acc, cols, tap_view(wt, o, c, t, true), rhs, t > 0);
-                        }
-                        narrow(acc, cols, c, (r0, r1), (h, w), wide.pw, dxn);
-                    }
-                })
-            });
-        // SAFETY: as in `forward`, `narrow` wrote every element.
-        unsafe { dx.set_len(len) };
-        dx
+        unsafe { dst.set_len(len) };
+        dst
     }
 
     /// The weight gradient: `X` `[N, C, H, W]` and `dY` `[N, O, H, W]` → `dW`
@@ -1080,15 +1075,7 @@ mod shifted {
                             }
                             let lhs = View::row_major(dyw, o, cols);
                             for t in 0..TAPS {
-                                let shift = (r0 + t / 3) * wide.pw + t % 3;
-                                let xt = View {
-                                    data: &xp[shift..],
-                                    rows: c,
-                                    cols,
-                                    rs: wide.plane,
-                                    cs: 1,
-                                }
-                                .t();
+                                let xt = wide.tap(xp, c, r0, t, cols).t();
                                 matmul(&mut part[t * oc..][..oc], c, lhs, xt, !first);
                             }
                             first = false;
