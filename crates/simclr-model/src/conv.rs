@@ -529,6 +529,32 @@ fn with_scratch<R>(a: usize, b: usize, f: impl FnOnce(&mut [f32], &mut [f32]) ->
     })
 }
 
+/// The sum of `tasks` partials of `len` scalars, partial `t` computed by `f(t, partial)` on
+/// zeroed memory, all in parallel: the weight gradients' one partial per thread.
+fn sum_of_partials(
+    tasks: usize,
+    len: usize,
+    f: impl Fn(usize, &mut [f32]) + Send + Sync,
+) -> Vec<f32> {
+    if len == 0 {
+        return Vec::new();
+    }
+    let mut parts = vec![0f32; tasks.max(1) * len];
+    parts
+        .par_chunks_mut(len)
+        .enumerate()
+        .for_each(|(t, part)| f(t, part));
+    let (sum, rest) = parts.split_at_mut(len);
+    for part in rest.chunks_exact(len) {
+        for (a, b) in sum.iter_mut().zip(part) {
+            *a += b;
+        }
+    }
+    parts.truncate(len);
+    parts.shrink_to_fit();
+    parts
+}
+
 /// Zeroes `s`, one of im2col/col2im's padding fills: empty or a single tap for a padding of 1
 /// (a `memset` call per image row costs more than the row's copy at these sizes), longer
 /// only at the top and bottom rows.
@@ -818,11 +844,7 @@ fn weight_grad(x: &[f32], dy: &[f32], g: &Geom) -> Vec<f32> {
     let grp = g.group();
     let groups = g.n.div_ceil(grp);
     let tasks = rayon::current_num_threads().clamp(1, groups.max(1));
-    let mut dw = vec![0f32; tasks * len];
-    if len == 0 {
-        return Vec::new();
-    }
-    dw.par_chunks_mut(len).enumerate().for_each(|(t, acc)| {
+    sum_of_partials(tasks, len, |t, acc| {
         let mut first = true;
         for gi in groups * t / tasks..groups * (t + 1) / tasks {
             let n0 = gi * grp;
@@ -854,16 +876,7 @@ fn weight_grad(x: &[f32], dy: &[f32], g: &Geom) -> Vec<f32> {
                 first = false;
             }
         }
-    });
-    let (sum, rest) = dw.split_at_mut(len);
-    for part in rest.chunks_exact(len) {
-        for (a, b) in sum.iter_mut().zip(part) {
-            *a += b;
-        }
-    }
-    dw.truncate(len);
-    dw.shrink_to_fit();
-    dw
+    })
 }
 
 /// Channels (the fewer of input and output) from which a stride-1 3×3 "same" convolution
@@ -1091,43 +1104,33 @@ mod shifted {
         let wide = Wide::new(g, o);
         let (chw, out, oc) = (g.chw(), g.out_len(), o * c);
         let tasks = rayon::current_num_threads().clamp(1, g.n.max(1));
-        let mut parts = vec![0f32; tasks * TAPS * oc];
-        parts
-            .par_chunks_mut(TAPS * oc)
-            .enumerate()
-            .for_each(|(task, part)| {
-                let mut first = true;
-                for n in g.n * task / tasks..g.n * (task + 1) / tasks {
-                    let (xn, dyn_) = (&x[n * chw..][..chw], &dy[n * out..][..out]);
-                    let (padded, wide_dy) = (wide.padded_len(c), o * wide.max_cols());
-                    with_scratch(padded, wide_dy, |xp, dyw| {
-                        pad(xn, c, h, w, &wide, xp);
-                        for (r0, r1, cols) in wide.tiles(h) {
-                            // dY on the wide grid, zero in the extra and rounding columns.
-                            let dyw = &mut dyw[..o * cols];
-                            for (r, row) in dyw.chunks_exact_mut(cols).enumerate() {
-                                row.fill(0.0);
-                                for i in r0..r1 {
-                                    row[(i - r0) * wide.pw..][..w]
-                                        .copy_from_slice(&dyn_[(r * h + i) * w..][..w]);
-                                }
+        let sum = super::sum_of_partials(tasks, TAPS * oc, |task, part| {
+            let mut first = true;
+            for n in g.n * task / tasks..g.n * (task + 1) / tasks {
+                let (xn, dyn_) = (&x[n * chw..][..chw], &dy[n * out..][..out]);
+                let (padded, wide_dy) = (wide.padded_len(c), o * wide.max_cols());
+                with_scratch(padded, wide_dy, |xp, dyw| {
+                    pad(xn, c, h, w, &wide, xp);
+                    for (r0, r1, cols) in wide.tiles(h) {
+                        // dY on the wide grid, zero in the extra and rounding columns.
+                        let dyw = &mut dyw[..o * cols];
+                        for (r, row) in dyw.chunks_exact_mut(cols).enumerate() {
+                            row.fill(0.0);
+                            for i in r0..r1 {
+                                row[(i - r0) * wide.pw..][..w]
+                                    .copy_from_slice(&dyn_[(r * h + i) * w..][..w]);
                             }
-                            let lhs = View::row_major(dyw, o, cols);
-                            for t in 0..TAPS {
-                                let xt = wide.tap(xp, c, r0, t, cols).t();
-                                matmul(&mut part[t * oc..][..oc], c, lhs, xt, !first);
-                            }
-                            first = false;
                         }
-                    })
-                }
-            });
-        let (sum, rest) = parts.split_at_mut(TAPS * oc);
-        for p in rest.chunks_exact(TAPS * oc) {
-            for (a, b) in sum.iter_mut().zip(p) {
-                *a += b;
+                        let lhs = View::row_major(dyw, o, cols);
+                        for t in 0..TAPS {
+                            let xt = wide.tap(xp, c, r0, t, cols).t();
+                            matmul(&mut part[t * oc..][..oc], c, lhs, xt, !first);
+                        }
+                        first = false;
+                    }
+                })
             }
-        }
+        });
         // [9, O, C] → [O, C, 3, 3].
         let mut dw = vec![0f32; TAPS * oc];
         for t in 0..TAPS {

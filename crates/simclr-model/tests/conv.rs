@@ -155,15 +155,15 @@ fn grads(
     )
 }
 
-/// The convolution by definition, in f64: `[N, C, H, W]` ⊛ `[O, C, K, K]`.
-fn direct(x: &[f64], w: &[f64], cs: &Case) -> Vec<f64> {
+/// Every product of the convolution by definition: `f(y, x, w)` with the flat indices of an
+/// output, the input scalar and the weight it multiplies (taps outside the input skipped).
+fn for_each_tap(cs: &Case, mut f: impl FnMut(usize, usize, usize)) {
     let (oh, ow) = out_hw(cs);
-    let mut y = vec![0.0; cs.n * cs.o * oh * ow];
     for n in 0..cs.n {
         for o in 0..cs.o {
             for i in 0..oh {
                 for j in 0..ow {
-                    let mut acc = 0.0;
+                    let yi = ((n * cs.o + o) * oh + i) * ow + j;
                     for c in 0..cs.c {
                         for ki in 0..cs.k {
                             for kj in 0..cs.k {
@@ -174,16 +174,32 @@ fn direct(x: &[f64], w: &[f64], cs: &Case) -> Vec<f64> {
                                 }
                                 let xi = ((n * cs.c + c) * cs.h + ih as usize) * cs.w + iw as usize;
                                 let wi = ((o * cs.c + c) * cs.k + ki) * cs.k + kj;
-                                acc += x[xi] * w[wi];
+                                f(yi, xi, wi);
                             }
                         }
                     }
-                    y[((n * cs.o + o) * oh + i) * ow + j] = acc;
                 }
             }
         }
     }
+}
+
+/// The convolution by definition, in f64: `[N, C, H, W]` ⊛ `[O, C, K, K]`.
+fn direct(x: &[f64], w: &[f64], cs: &Case) -> Vec<f64> {
+    let (oh, ow) = out_hw(cs);
+    let mut y = vec![0.0; cs.n * cs.o * oh * ow];
+    for_each_tap(cs, |yi, xi, wi| y[yi] += x[xi] * w[wi]);
     y
+}
+
+/// Gradients of `Σ conv(x, w)·r` by definition, in f64: `(∂/∂x, ∂/∂w)`.
+fn direct_grads(x: &[f64], w: &[f64], r: &[f64], cs: &Case) -> (Vec<f64>, Vec<f64>) {
+    let (mut dx, mut dw) = (vec![0.0; x.len()], vec![0.0; w.len()]);
+    for_each_tap(cs, |yi, xi, wi| {
+        dx[xi] += r[yi] * w[wi];
+        dw[wi] += r[yi] * x[xi];
+    });
+    (dx, dw)
 }
 
 #[test]
@@ -202,37 +218,6 @@ fn forward_matches_candle_and_the_definition() {
             .collect();
         assert_close(&to_vec(&ours), &want, 1e-4, &format!("{cs:?} direct"));
     }
-}
-
-/// Gradients of `Σ conv(x, w)·r` by definition, in f64: `(∂/∂x, ∂/∂w)`.
-fn direct_grads(x: &[f64], w: &[f64], r: &[f64], cs: &Case) -> (Vec<f64>, Vec<f64>) {
-    let (oh, ow) = out_hw(cs);
-    let (mut dx, mut dw) = (vec![0.0; x.len()], vec![0.0; w.len()]);
-    for n in 0..cs.n {
-        for o in 0..cs.o {
-            for i in 0..oh {
-                for j in 0..ow {
-                    let g = r[((n * cs.o + o) * oh + i) * ow + j];
-                    for c in 0..cs.c {
-                        for ki in 0..cs.k {
-                            for kj in 0..cs.k {
-                                let ih = (i * cs.s + ki) as isize - cs.p as isize;
-                                let iw = (j * cs.s + kj) as isize - cs.p as isize;
-                                if ih < 0 || iw < 0 || ih >= cs.h as isize || iw >= cs.w as isize {
-                                    continue;
-                                }
-                                let xi = ((n * cs.c + c) * cs.h + ih as usize) * cs.w + iw as usize;
-                                let wi = ((o * cs.c + c) * cs.k + ki) * cs.k + kj;
-                                dx[xi] += g * w[wi];
-                                dw[wi] += g * x[xi];
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-    (dx, dw)
 }
 
 /// Winograd F(2×2, 3×3)'s rounding error against the f64 convolution by definition, forward

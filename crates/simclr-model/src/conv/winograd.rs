@@ -28,7 +28,10 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
-use super::{Geom, View, matmul, with_scratch};
+use super::{Geom, View, matmul, sum_of_partials, with_scratch};
+
+/// The rows of `A` (4 × 2), the output transform's transpose.
+const A: [[f32; 2]; 4] = [[1.0, 0.0], [1.0, 1.0], [1.0, -1.0], [0.0, -1.0]];
 
 /// Positions of a transformed 4×4 tile.
 const XI: usize = 16;
@@ -343,19 +346,12 @@ fn output_grad(
             let (c, d) = rest.split_at(tw);
             // A dY: rows [a, b], [a + c, b + d], [a − c, b − d], [−c, −d]; each row [p, q]
             // times Aᵀ: [p, p + q, p − q, −q].
-            for i in 0..4 {
-                let (sc, sd) = match i {
-                    0 => (0.0, 0.0),
-                    1 => (1.0, 1.0),
-                    2 => (-1.0, -1.0),
-                    _ => (-1.0, -1.0),
-                };
-                let keep_top = if i == 3 { 0.0 } else { 1.0 };
+            for (i, [top, bottom]) in A.into_iter().enumerate() {
                 let out = |j: usize| ((i * 4 + j) * o + oc) * ld + col0;
                 let at = [out(0), out(1), out(2), out(3)];
                 for t in 0..tw {
-                    let p = keep_top * a[t] + sc * c[t];
-                    let qv = keep_top * b[t] + sd * d[t];
+                    let p = top * a[t] + bottom * c[t];
+                    let qv = top * b[t] + bottom * d[t];
                     dm[at[0] + t] = p;
                     dm[at[1] + t] = p + qv;
                     dm[at[2] + t] = p - qv;
@@ -435,40 +431,30 @@ pub(super) fn weight_grad(x: &[f32], dy: &[f32], g: &Geom) -> Vec<f32> {
     let (chw, out, oc) = (g.chw(), g.out_len(), o * c);
     let groups = g.n.div_ceil(p.group);
     let tasks = rayon::current_num_threads().clamp(1, groups.max(1));
-    let mut parts = vec![0f32; tasks * XI * oc];
-    parts
-        .par_chunks_mut(XI * oc)
-        .enumerate()
-        .for_each(|(task, part)| {
-            let mut first = true;
-            for gi in groups * task / tasks..groups * (task + 1) / tasks {
-                let n0 = gi * p.group;
-                let gn = p.group.min(g.n - n0);
-                for band in p.bands(gn) {
-                    let per = (band.1 - band.0) * p.tw;
-                    let t = gn * per;
-                    with_scratch(XI * c * t + p.rows_len(), XI * o * t, |v, dm| {
-                        let (v, rows) = v.split_at_mut(XI * c * t);
-                        for j in 0..gn {
-                            let n = n0 + j;
-                            input(&x[n * chw..][..chw], c, &p, band, v, t, j * per, rows);
-                            output_grad(&dy[n * out..][..out], o, &p, band, dm, t, j * per, rows);
-                        }
-                        for xi in 0..XI {
-                            let lhs = View::row_major(&dm[xi * o * t..], o, t);
-                            let rhs = View::row_major(&v[xi * c * t..], c, t).t();
-                            matmul(&mut part[xi * oc..][..oc], c, lhs, rhs, !first);
-                        }
-                    });
-                    first = false;
-                }
+    let du = sum_of_partials(tasks, XI * oc, |task, part| {
+        let mut first = true;
+        for gi in groups * task / tasks..groups * (task + 1) / tasks {
+            let n0 = gi * p.group;
+            let gn = p.group.min(g.n - n0);
+            for band in p.bands(gn) {
+                let per = (band.1 - band.0) * p.tw;
+                let t = gn * per;
+                with_scratch(XI * c * t + p.rows_len(), XI * o * t, |v, dm| {
+                    let (v, rows) = v.split_at_mut(XI * c * t);
+                    for j in 0..gn {
+                        let n = n0 + j;
+                        input(&x[n * chw..][..chw], c, &p, band, v, t, j * per, rows);
+                        output_grad(&dy[n * out..][..out], o, &p, band, dm, t, j * per, rows);
+                    }
+                    for xi in 0..XI {
+                        let lhs = View::row_major(&dm[xi * o * t..], o, t);
+                        let rhs = View::row_major(&v[xi * c * t..], c, t).t();
+                        matmul(&mut part[xi * oc..][..oc], c, lhs, rhs, !first);
+                    }
+                });
+                first = false;
             }
-        });
-    let (sum, rest) = parts.split_at_mut(XI * oc);
-    for part in rest.chunks_exact(XI * oc) {
-        for (a, b) in sum.iter_mut().zip(part) {
-            *a += b;
         }
-    }
-    filter_grads(sum, o, c)
+    });
+    filter_grads(&du, o, c)
 }
