@@ -47,9 +47,12 @@ else
 fi
 echo "pretraining wall time: $(( $(date +%s) - start )) s" | tee "$OUT/wall-time.txt"
 
+# The evaluations of one checkpoint share its features: linear-probe extracts them into
+# $OUT/features (keyed by the weights file and the data), knn reads them back.
+FEATURES=(--cache-dir "$OUT/features")
 eval_all() { # $1: checkpoint, $2: extra flags
-    "$SIMCLR" linear-probe --checkpoint "$1" --data "$DATA" --threads "$THREADS" --json $2
-    "$SIMCLR" knn --checkpoint "$1" --data "$DATA" --threads "$THREADS" --json $2
+    "$SIMCLR" linear-probe --checkpoint "$1" --data "$DATA" --threads "$THREADS" --json "${FEATURES[@]}" $2
+    "$SIMCLR" knn --checkpoint "$1" --data "$DATA" --threads "$THREADS" --json "${FEATURES[@]}" $2
 }
 {
     eval_all "$OUT/last.safetensors" ""
@@ -63,6 +66,6 @@ if [ -n "${PER_EPOCH:-}" ]; then
         n=$(basename "$ckpt" .safetensors); n=$((10#${n#epoch-}))
         if [ "$PER_EPOCH" != all ] && ! [[ " $PER_EPOCH " == *" $n "* ]]; then continue; fi
         printf 'epoch %s ' "$n"
-        "$SIMCLR" linear-probe --checkpoint "$ckpt" --data "$DATA" --threads "$THREADS" --json
+        "$SIMCLR" linear-probe --checkpoint "$ckpt" --data "$DATA" --threads "$THREADS" --json "${FEATURES[@]}"
     done | tee "$OUT/probe-by-epoch.txt"
 fi
