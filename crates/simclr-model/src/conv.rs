@@ -24,16 +24,63 @@
 //! F(2×2, 3×3), 2.25× fewer multiplies in its gemms (module `winograd`); a narrower one at
 //! least 24 columns wide skips im2col and col2im altogether: nine gemms per pass read shifted
 //! views of the zero-padded image in place (module `shifted`).
+//!
+//! With [`set_bf16_gemm`] (`--precision bf16` on a CPU with AVX-512 BF16) every one of these
+//! gemms rounds its operands to bf16 while packing them and adds the products in f32
+//! (module `bf16`), about twice the multiply-adds per instruction.
 
 use std::cell::RefCell;
 use std::mem::MaybeUninit;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, bail};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+#[cfg(target_arch = "x86_64")]
+mod bf16;
 mod winograd;
+
+/// Whether the CPU convolutions' gemms take bf16 inputs (see [`set_bf16_gemm`]).
+static BF16_GEMM: AtomicBool = AtomicBool::new(false);
+
+/// Whether this CPU can run the convolutions' gemms in bf16 × bf16 → f32: AVX-512 BF16
+/// (Intel Cooper Lake, Sapphire Rapids and later; AMD Zen 4 and later).
+pub fn bf16_gemm_supported() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        bf16::supported()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Turns the bf16 gemms of the CPU convolutions on or off, for the whole process: both
+/// operands of every convolution gemm (forward and both gradients) rounded to bf16, products
+/// added in f32 (PyTorch's CPU autocast to bf16 does the same for its convolutions); the
+/// activations, weights, BatchNorm and the optimiser stay f32. About twice the gemm
+/// throughput; each product's inputs carry bf16's relative rounding of at most 2⁻⁸.
+///
+/// # Errors
+/// Turning it on where [`bf16_gemm_supported`] is false.
+pub fn set_bf16_gemm(on: bool) -> Result<()> {
+    if on && !bf16_gemm_supported() {
+        bail!(
+            "bf16 convolutions on the CPU need AVX-512 BF16 (Intel Sapphire Rapids or later, \
+             AMD Zen 4 or later); this CPU lacks it"
+        )
+    }
+    BF16_GEMM.store(on, Ordering::Relaxed);
+    Ok(())
+}
+
+/// Whether the CPU convolutions' gemms are bf16 ([`set_bf16_gemm`]).
+pub fn bf16_gemm() -> bool {
+    BF16_GEMM.load(Ordering::Relaxed)
+}
 
 /// Columns (output pixels) each gemm should have: stacked images when one has fewer, tiles of
 /// whole output rows when it has more. Below a few hundred, packing the left operand
@@ -473,6 +520,14 @@ unsafe fn gemm_into(
                 row[..n].fill(MaybeUninit::new(0.0));
             }
         }
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if bf16_gemm() {
+        // SAFETY: `set_bf16_gemm` turned it on only where supported; the asserts above keep
+        // the views inside their slices and the block inside `dst`, initialised where
+        // `accumulate` reads it (this fn's contract).
+        unsafe { bf16::gemm(dst, dst_rs, lhs, rhs, accumulate) };
         return;
     }
     // SAFETY: the asserts above keep every index gemm touches, `(m−1)·rs + (n−1)·cs` for each

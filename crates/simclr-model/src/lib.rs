@@ -236,15 +236,40 @@ impl SimClr {
     /// # Shapes
     /// `[B, C, H, W]` → (`[B, feature_dim]`, `[B, proj_dim]`).
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<(Tensor, Tensor)> {
-        let x = x.to_dtype(self.precision.dtype())?;
+        // On the CPU, bf16 is the convolutions' gemms only (`conv::set_bf16_gemm`); candle's
+        // CPU kernels for bf16 tensors are slower than f32 ones.
+        let dtype = if x.device().is_cpu() {
+            DType::F32
+        } else {
+            self.precision.dtype()
+        };
+        let x = x.to_dtype(dtype)?;
         let h = self.encode_t(&x, train)?;
         let z = self.projector.forward_t(&h.to_dtype(x.dtype())?, train)?;
         Ok((h, z.to_dtype(DType::F32)?))
     }
 
-    /// Sets the arithmetic of [`forward_t`](Self::forward_t) (the weights stay f32).
-    pub fn set_precision(&mut self, precision: Precision) {
+    /// Sets the arithmetic of [`forward_t`](Self::forward_t) (the weights stay f32). On a GPU,
+    /// bf16 activations, convolutions and matrix products; on the CPU, where the model lives
+    /// there, bf16 inputs to the convolutions' gemms with f32 sums and f32 activations
+    /// ([`conv::set_bf16_gemm`], a setting of the whole process, which this turns on or off).
+    ///
+    /// # Errors
+    /// bf16 on a CPU without AVX-512 BF16 ([`conv::bf16_gemm_supported`]).
+    pub fn set_precision(&mut self, precision: Precision) -> Result<()> {
+        if self.device().is_cpu() {
+            conv::set_bf16_gemm(precision == Precision::Bf16)?;
+        }
         self.precision = precision;
+        Ok(())
+    }
+
+    /// The device of the model's parameters.
+    pub fn device(&self) -> Device {
+        self.varmap
+            .all_vars()
+            .first()
+            .map_or(Device::Cpu, |v| v.device().clone())
     }
 
     /// The arithmetic of [`forward_t`](Self::forward_t).

@@ -46,7 +46,7 @@ fn main() -> candle_core::Result<()> {
         .parse()
         .map_err(candle_core::Error::msg)?;
     let mut model = SimClr::new(&cfg, &dev, 0)?;
-    model.set_precision(precision);
+    model.set_precision(precision)?;
     let vars = model.trainable_vars().into_iter().map(|(_, v)| v).collect();
     // SGD as the reference; `--optimizer lars` isolates the cost of `pretrain`'s default.
     let optimizer: OptimizerKind = arg(&args, "--optimizer", "sgd".to_string())

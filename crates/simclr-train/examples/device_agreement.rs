@@ -60,7 +60,7 @@ fn main() -> candle_core::Result<()> {
     )?;
     let step = |dev: &Device, precision: Precision| -> candle_core::Result<_> {
         let mut model = SimClr::new(&cfg, dev, 0)?;
-        model.set_precision(precision);
+        model.set_precision(precision)?;
         let (h, z) = model.forward_t(&x.to_device(dev)?, true)?;
         let loss = simclr_loss::nt_xent(&z.narrow(0, 0, batch)?, &z.narrow(0, batch, batch)?, 0.5)?;
         let grads = loss.backward()?;

@@ -654,7 +654,7 @@ impl Trainer {
             None
         };
         let mut model = SimClr::new(&config.model(usize::from(channels)), device, config.seed)?;
-        model.set_precision(config.precision);
+        model.set_precision(config.precision)?;
         let mut params = model.trainable_vars();
         let class_weight = if config.loss == simclr_loss::LossKind::ArcFace {
             let w = arcface_init(classes, config.proj_dim, config.seed, device)?;
