@@ -557,6 +557,15 @@ fn cuda_error_case() -> Option<(&'static [&'static str], &'static str)> {
     }
 }
 
+/// What `--precision bf16` on the CPU must say where the CPU lacks AVX-512 BF16; where it has
+/// it, bf16 runs (`a_cpu_with_avx512_bf16_pretrains_in_bf16`).
+fn bf16_error_case() -> Option<(&'static [&'static str], &'static str)> {
+    (!simclr_model::conv::bf16_gemm_supported()).then_some((
+        &["--precision", "bf16"][..],
+        "--precision bf16 on the CPU needs AVX-512 BF16",
+    ))
+}
+
 #[test]
 fn pretrain_rejects_bad_options_before_any_work() {
     let dir = tempfile::tempdir().unwrap();
@@ -571,14 +580,11 @@ fn pretrain_rejects_bad_options_before_any_work() {
         ),
         (&["--batch-size", "5000"][..], "fewer than one batch"),
         (&["--arch", "resnet99"][..], "unknown architecture"),
-        (
-            &["--precision", "bf16"][..],
-            "--precision bf16 needs --device cuda",
-        ),
         (&["--log-every", "0"][..], "--log-every must be at least 1"),
     ]
     .into_iter()
     .chain(cuda_error_case())
+    .chain(bf16_error_case())
     {
         let mut args = vec!["pretrain", "--width", "0.125", "--image-size", "16", "-q"];
         args.extend(flags);
@@ -1031,6 +1037,40 @@ fn neighbors_finds_the_nearest_images_draws_them_and_measures_retrieval() {
         assert!(!out.status.success(), "{args:?}");
         assert!(stderr(&out).contains(message), "{args:?}: {}", stderr(&out));
     }
+}
+
+/// On a CPU with AVX-512 BF16, `--precision bf16` trains (its convolutions' products in bf16)
+/// and its losses follow an f32 run's from the same seed within bf16's rounding; the saved
+/// configuration says bf16, so a resume keeps it.
+#[test]
+fn a_cpu_with_avx512_bf16_pretrains_in_bf16() {
+    if !simclr_model::conv::bf16_gemm_supported() {
+        eprintln!("skipped: no AVX-512 BF16 on this CPU (its refusal is tested instead)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for (run, precision) in [("f32", "f32"), ("bf16", "bf16")] {
+        let mut args = TINY.to_vec();
+        args.extend(["--out", run, "--max-steps", "3", "--precision", precision]);
+        let out = simclr(&args, dir.path());
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let (a, b) = (
+        losses(&dir.path().join("bf16")),
+        losses(&dir.path().join("f32")),
+    );
+    assert_eq!(a.len(), 3);
+    for (x, y) in a.iter().zip(&b) {
+        assert!(
+            x.is_finite() && (x - y).abs() < 0.02 * y.abs(),
+            "bf16 {a:?}, f32 {b:?}"
+        );
+    }
+    assert_ne!(a, b, "bf16 losses are f32's exactly: bf16 not used");
+    let config = std::fs::read_to_string(dir.path().join("bf16/config.json")).unwrap();
+    assert!(
+        config.contains("\"precision\": \"bf16\"") || config.contains("\"precision\":\"bf16\"")
+    );
 }
 
 /// The per-step losses of a run's metrics.jsonl.

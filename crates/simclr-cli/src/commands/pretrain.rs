@@ -148,9 +148,10 @@ pub struct PretrainArgs {
     /// the step needs the cores; all cores with --device cuda].
     #[arg(long)]
     pub workers: Option<usize>,
-    /// Arithmetic of the step: f32, or bf16 (CUDA only: bf16 activations, convolutions and
-    /// matrix products, f32 weights, optimiser, loss and BatchNorm statistics; checkpoints
-    /// stay f32) [default: f32].
+    /// Arithmetic of the step: f32, or bf16 (with --device cuda: bf16 activations,
+    /// convolutions and matrix products, f32 weights, optimiser, loss and BatchNorm
+    /// statistics; on a CPU with AVX-512 BF16: the convolutions' products in bf16, summed in
+    /// f32, everything else f32; checkpoints stay f32) [default: f32].
     #[arg(long, value_name = "f32|bf16")]
     pub precision: Option<Precision>,
     /// Read the loss back from the device every this many steps (each step still gets its
@@ -551,10 +552,13 @@ fn run_on(args: &PretrainArgs, comm: &simclr_dist::Comm) -> anyhow::Result<()> {
         );
     }
     simclr_model::batchnorm::set_sync_batch_norm(sync_bn.then(|| comm.clone()));
-    if args.precision == Some(Precision::Bf16) && device.is_cpu() {
+    if args.precision == Some(Precision::Bf16)
+        && device.is_cpu()
+        && !simclr_model::conv::bf16_gemm_supported()
+    {
         bail!(
-            "--precision bf16 needs --device cuda: candle's CPU kernels have no fast bf16 \
-             convolution, so it would be slower than f32 there"
+            "--precision bf16 on the CPU needs AVX-512 BF16 (Intel Sapphire Rapids or later, \
+             AMD Zen 4 or later), which this CPU lacks; use f32, or --device cuda"
         );
     }
     if args.log_every == Some(0) {
