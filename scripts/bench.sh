@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # simclr-rs against PyTorch on this machine, in one run:
 #   1. the SimCLR training step (ResNet CIFAR stem + head + NT-Xent, forward, backward,
-#      SGD-momentum update): ResNet-18 at 2x128 views of 32x32x3, its 1/4-width variant at
+#      SGD-momentum update; in f32, and where the CPU has AVX-512 BF16 also with bf16
+#      convolution products against PyTorch's CPU autocast to bf16): ResNet-18 at 2x128 views of 32x32x3, its 1/4-width variant at
 #      2x128 views of 28x28x1, and ResNet-50 1/4 width at 2x128 views of 28x28x1 (the
 #      Fashion-MNIST recipe's shape): views/s, median of 5 steps after 2 warm-up steps, in
 #      ROUNDS rounds (3 by default) that alternate simclr-rs and PyTorch, so that the
@@ -85,15 +86,23 @@ fi
 results=$(mktemp)
 trap 'rm -f "$results"' EXIT
 rounds=${ROUNDS:-$([ "$smoke" = 1 ] && echo 1 || echo 3)}
+# On a CPU with AVX-512 BF16 each step also runs with bf16 convolution products (ours:
+# `--precision bf16`; PyTorch: `--bf16`, its CPU autocast to bf16).
+precisions=(f32)
+if grep -qw avx512_bf16 /proc/cpuinfo 2>/dev/null; then precisions+=(bf16); fi
 for round in $(seq "$rounds"); do
     for s in "${steps[@]}"; do
-        echo "step $s (round $round of $rounds)" >&2
-        # shellcheck disable=SC2086
-        RAYON_NUM_THREADS=$threads "$step" $s | tee -a "$results"
-        if [ "$torch" = 1 ]; then
+        for p in "${precisions[@]}"; do
+            ours=() theirs=()
+            if [ "$p" = bf16 ]; then ours=(--precision bf16) theirs=(--bf16); fi
+            echo "step $s $p (round $round of $rounds)" >&2
             # shellcheck disable=SC2086
-            "$venv/bin/python" "$ref" step $s --threads "$threads" | tee -a "$results"
-        fi
+            RAYON_NUM_THREADS=$threads "$step" $s "${ours[@]}" | tee -a "$results"
+            if [ "$torch" = 1 ]; then
+                # shellcheck disable=SC2086
+                "$venv/bin/python" "$ref" step $s --threads "$threads" "${theirs[@]}" | tee -a "$results"
+            fi
+        done
     done
 done
 # `simclr pretrain` on the step's shapes: its own views/s from metrics.jsonl.

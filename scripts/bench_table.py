@@ -105,7 +105,8 @@ def main():
         if r["bench"] != "step":
             continue
         if r.get("framework") == "simclr-rs":
-            last = (r["arch"], r["width"], r["size"], r["views"], r["channels"])
+            last = (r["arch"], r["width"], r["size"], r["views"], r["channels"],
+                    r.get("precision", "f32"))
             groups.setdefault(last, ([], []))[0].append(r)
         elif last is not None:
             groups[last][1].append(r)
@@ -118,7 +119,8 @@ def main():
         peak = per_core and per_core * r["threads"]
         share = lambda v: None if peak is None or v is None else flops * v / 1e9 / peak
         table.append({
-            "what": f"step {r['arch']} w{r['width']:g} {r['views']}x{r['size']}x{r['size']}x{r['channels']}",
+            "what": f"step {r['arch']} w{r['width']:g} {r['views']}x{r['size']}x{r['size']}x{r['channels']}"
+                    + (" bf16" if r.get("precision") == "bf16" else ""),
             "unit": "views/s",
             "ours": vps,
             "pytorch": ref_vps,
@@ -133,7 +135,7 @@ def main():
         })
     # `simclr pretrain` on a step's shapes, against PyTorch's bare step (and our bench_step).
     for r in (r for r in rows if r["bench"] == "pretrain"):
-        key = (r["arch"], r["width"], r["size"], r["views"], r["channels"])
+        key = (r["arch"], r["width"], r["size"], r["views"], r["channels"], "f32")
         ours, refs = groups.get(key, ([], []))
         ref_vps = median([t["views_per_s"] for t in refs]) if refs else None
         step_vps = median([o["views_per_s"] for o in ours]) if ours else None
