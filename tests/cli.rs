@@ -1068,9 +1068,8 @@ fn a_cpu_with_avx512_bf16_pretrains_in_bf16() {
     }
     assert_ne!(a, b, "bf16 losses are f32's exactly: bf16 not used");
     let config = std::fs::read_to_string(dir.path().join("bf16/config.json")).unwrap();
-    assert!(
-        config.contains("\"precision\": \"bf16\"") || config.contains("\"precision\":\"bf16\"")
-    );
+    let config: serde_json::Value = serde_json::from_str(&config).unwrap();
+    assert_eq!(config["precision"], "bf16");
 }
 
 /// The per-step losses of a run's metrics.jsonl.

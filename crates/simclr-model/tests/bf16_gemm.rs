@@ -8,34 +8,11 @@ use candle_core::{DType, Device, Tensor};
 use simclr_model::conv::{self, conv2d};
 use simclr_model::{Arch, ModelConfig, Precision, SimClr, Stem};
 
+mod common;
+use common::{cosine, rel_diff, values_f64};
+
 /// Serialises the tests: each sets the process-wide switch.
 static SWITCH: Mutex<()> = Mutex::new(());
-
-fn values(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
-}
-
-/// The largest difference between `a` and `b` relative to `b`'s largest magnitude.
-fn rel_diff(a: &Tensor, b: &Tensor) -> f64 {
-    let (a, b) = (values(a), values(b));
-    let scale = b.iter().fold(1e-30f64, |m, v| m.max(v.abs()));
-    a.iter()
-        .zip(&b)
-        .fold(0f64, |m, (x, y)| m.max((x - y).abs()))
-        / scale
-}
-
-fn cosine(a: &Tensor, b: &Tensor) -> f64 {
-    let (a, b) = (values(a), values(b));
-    let dot: f64 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
-    let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
-    dot / (norm(&a) * norm(&b)).max(1e-300)
-}
 
 /// Deterministic values in (−1.5, 1.5).
 fn input(shape: (usize, usize, usize, usize), salt: f32) -> Tensor {
@@ -114,7 +91,11 @@ fn every_convolution_path_is_within_the_bf16_bound_of_f32() {
                 assert!(d > 0.0 && d < 1e-2, "{xs:?} Winograd {what}: {d:.2e}");
                 continue;
             }
-            let (g, v, m) = (values(&got[i]), values(&want[i]), values(&abs[i]));
+            let (g, v, m) = (
+                values_f64(&got[i]),
+                values_f64(&want[i]),
+                values_f64(&abs[i]),
+            );
             let mut worst = 0f64;
             for ((g, v), m) in g.iter().zip(&v).zip(&m) {
                 let err = (g - v).abs();

@@ -8,6 +8,9 @@ use std::path::Path;
 use candle_core::{DType, Device, ModuleT, Tensor, Var};
 use simclr_model::{Arch, ModelConfig, SimClr, Stem, is_bias_or_norm, is_buffer, max_pool_3x3_s2};
 
+mod common;
+use common::{cosine, rel_diff};
+
 fn fixture(name: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
@@ -360,34 +363,6 @@ fn gradients_reach_every_parameter_with_the_imagenet_stem() {
             "`{name}`: gradient {size}, want finite and non-zero"
         );
     }
-}
-
-/// A tensor's values in f64.
-fn values_f64(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
-}
-
-/// The largest difference between `a` and `b` relative to `b`'s largest magnitude.
-fn rel_diff(a: &Tensor, b: &Tensor) -> f64 {
-    let (a, b) = (values_f64(a), values_f64(b));
-    let scale = b.iter().fold(1e-30f64, |m, v| m.max(v.abs()));
-    a.iter()
-        .zip(&b)
-        .fold(0f64, |m, (x, y)| m.max((x - y).abs()))
-        / scale
-}
-
-/// Cosine similarity of two tensors' values.
-fn cosine(a: &Tensor, b: &Tensor) -> f64 {
-    let (a, b) = (values_f64(a), values_f64(b));
-    let dot: f64 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
-    let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
-    dot / (norm(&a) * norm(&b)).max(1e-300)
 }
 
 #[test]
