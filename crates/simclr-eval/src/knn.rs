@@ -4,9 +4,9 @@ use candle_core::{Device, Tensor};
 
 use crate::{EvalError, Features};
 
-/// Neighbours that vote, by default (solo-learn's `WeightedKNNClassifier`).
+/// Neighbours that vote, by default (Wu et al. 2018; lightly's `knn_predict`).
 pub const DEFAULT_K: usize = 200;
-/// Temperature of the vote weights, by default (solo-learn's).
+/// Temperature of the vote weights, by default (Wu et al. 2018; lightly's `knn_predict`).
 pub const DEFAULT_TEMPERATURE: f64 = 0.1;
 
 /// Rows of the test set compared at once (bounds the `chunk × train` similarity matrix).
@@ -20,8 +20,9 @@ fn normalised(f: Features<'_>, device: &Device) -> Result<Tensor, EvalError> {
 
 /// Top-1 accuracy of weighted kNN: for each test row, the `k` training rows of highest
 /// cosine similarity vote for their labels with weight `exp(sim / temperature)`; the class
-/// with the largest total wins (solo-learn's `WeightedKNNClassifier`, k = 200 and τ = 0.1 by
-/// default there).
+/// with the largest total wins. The defaults, k = 200 and τ = 0.1, are Wu et al.'s and lightly's
+/// `knn_predict`'s; solo-learn's `WeightedKNNClassifier` computes the same vote with k = 20 and
+/// τ = 0.07 by default.
 pub fn knn(
     train: Features<'_>,
     train_labels: &[u32],

@@ -3,8 +3,8 @@
 //! - [`linear_probe`]: the linear-evaluation protocol of SimCLR (Chen et al. 2020, §B.6):
 //!   a multinomial logistic regression on frozen features, fitted with L-BFGS, its L2 strength
 //!   picked on a held-out slice of the training set (never on the test set).
-//! - [`knn`]: weighted k-nearest-neighbour accuracy (Wu et al. 2018, as solo-learn computes
-//!   it): cosine similarity, the `k` most similar training features vote with weight
+//! - [`knn`]: weighted k-nearest-neighbour accuracy (Wu et al. 2018, as lightly and solo-learn
+//!   compute it): cosine similarity, the `k` most similar training features vote with weight
 //!   `exp(sim / τ)`.
 //! - [`Index`]: exact cosine top-k search over a gallery of embeddings, streamed in blocks,
 //!   and [`retrieval_metrics`] (recall@k, mAP@R) on labelled queries.
