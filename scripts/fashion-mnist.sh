@@ -58,11 +58,15 @@ fi
 echo "pretraining wall time: $(( $(date +%s) - start )) s" | tee "$OUT/wall-time.txt"
 
 # The evaluations of one checkpoint share its features: linear-probe extracts them into
-# $OUT/features (keyed by the weights file and the data), knn reads them back.
+# $OUT/features (keyed by the weights file and the data), knn reads them back. kNN twice: with
+# Wu et al.'s and lightly's k = 200, τ = 0.1 (simclr's default), and with solo-learn's k = 20,
+# τ = 0.07.
 FEATURES=(--cache-dir "$OUT/features")
 eval_all() { # $1: checkpoint, $2: extra flags
     "$SIMCLR" linear-probe --checkpoint "$1" --data "$DATA" --threads "$THREADS" --json "${FEATURES[@]}" $2
     "$SIMCLR" knn --checkpoint "$1" --data "$DATA" --threads "$THREADS" --json "${FEATURES[@]}" $2
+    "$SIMCLR" knn --checkpoint "$1" --data "$DATA" --threads "$THREADS" --json "${FEATURES[@]}" \
+        --k 20 --temperature 0.07 $2
 }
 {
     eval_all "$OUT/last.safetensors" ""
