@@ -63,10 +63,10 @@ echo "pretraining wall time: $(( $(date +%s) - start )) s" | tee "$OUT/wall-time
 # τ = 0.07.
 FEATURES=(--cache-dir "$OUT/features")
 eval_all() { # $1: checkpoint, $2: extra flags
-    "$SIMCLR" linear-probe --checkpoint "$1" --data "$DATA" --threads "$THREADS" --json "${FEATURES[@]}" $2
-    "$SIMCLR" knn --checkpoint "$1" --data "$DATA" --threads "$THREADS" --json "${FEATURES[@]}" $2
-    "$SIMCLR" knn --checkpoint "$1" --data "$DATA" --threads "$THREADS" --json "${FEATURES[@]}" \
-        --k 20 --temperature 0.07 $2
+    local args=(--checkpoint "$1" --data "$DATA" --threads "$THREADS" --json "${FEATURES[@]}")
+    "$SIMCLR" linear-probe "${args[@]}" $2
+    "$SIMCLR" knn "${args[@]}" $2
+    "$SIMCLR" knn "${args[@]}" --k 20 --temperature 0.07 $2
 }
 {
     eval_all "$OUT/last.safetensors" ""
