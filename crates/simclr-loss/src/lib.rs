@@ -3,6 +3,9 @@
 //! - [`nt_xent`]: SimCLR's normalised temperature-scaled cross-entropy (Chen et al. 2020,
 //!   <https://arxiv.org/abs/2002.05709>, Algorithm 1), the default; [`nt_xent_gathered`] is the
 //!   same loss with candidates gathered from every data-parallel rank.
+//! - [`dcl`]: decoupled contrastive loss (Yeh et al. 2022, <https://arxiv.org/abs/2110.06848>):
+//!   NT-Xent without the positive in the denominator, optionally with DCLW's weighting of the
+//!   positive term; [`dcl_gathered`] for data-parallel runs.
 //! - [`supcon`]: supervised contrastive loss (Khosla et al. 2020, `L_out`).
 //! - [`margin_contrastive`]: pairwise contrastive loss with a margin (Hadsell, Chopra, LeCun 2006).
 //! - [`triplet_batch_hard`]: triplet loss with batch-hard mining (Hermans, Beyer, Leibe 2017).
@@ -185,6 +188,106 @@ pub fn nt_xent_gathered(
     let logp = candle_nn::ops::log_softmax(&(logits + mask)?, D::Minus1)?; // [2n, K]
     let idx = partner_index(m, offset, &logp)?; // [2n, 1]
     logp.gather(&idx, 1)?.mean_all()?.neg() // mean over anchors of −log p(partner)
+}
+
+/// The additive mask of DCL's negatives: `MASKED` at each anchor's own key (`offset + i`) and
+/// at its partner's (`offset + (i + n) mod 2n`), 0 elsewhere. Cached like the self-pair mask.
+fn self_and_partner_mask(rows: usize, cols: usize, offset: usize, like: &Tensor) -> Result<Tensor> {
+    cached(MaskKind::SelfAndPartner, rows, cols, offset, like, || {
+        let dev = like.device();
+        let c = Tensor::arange(0u32, cols as u32, dev)?.reshape((1, cols))?;
+        let own = Tensor::arange(offset as u32, (offset + rows) as u32, dev)?.reshape((rows, 1))?;
+        let partner = partner_index(rows, offset, like)?; // [rows, 1]
+        let hit = (own.broadcast_eq(&c)?.to_dtype(like.dtype())?
+            + partner.broadcast_eq(&c)?.to_dtype(like.dtype())?)?;
+        hit.affine(MASKED, 0.0)
+    })
+}
+
+/// Decoupled contrastive loss (DCL, Yeh et al. 2022, eq. 6) over the 2N views of a batch:
+/// for each view `i` with partner `p`, `−s_ip / τ + log Σ_{k ∉ {i, p}} exp(s_ik / τ)` with
+/// `s` the cosine similarity, averaged over the 2N views. It is NT-Xent with the positive
+/// taken out of the denominator, which removes NT-Xent's negative-positive coupling: the
+/// gradient no longer shrinks when the positive is already easy, which the paper found to
+/// matter most at small batches and short schedules.
+///
+/// `sigma`: `None` for DCL; `Some(σ)` for DCLW, whose positive term of pair `i` is weighted by
+/// `w_i = 2 − N · softmax_i(s_ii′ / σ)` (the softmax over the N pairs of the batch, the weights
+/// held constant in the backward pass; they average to 1 and favour the pairs whose views are
+/// far apart). lightly's `DCLLoss` splits the denominator into two log-sum-exps (same-view and
+/// other-view negatives); this is the paper's single one.
+///
+/// # Shapes
+/// `z1`, `z2`: `[N, D]` → scalar.
+pub fn dcl(z1: &Tensor, z2: &Tensor, temperature: f64, sigma: Option<f64>) -> Result<Tensor> {
+    let (n1, d1) = check_rank2(z1, "z1")?;
+    let (n2, d2) = check_rank2(z2, "z2")?;
+    if (n1, d1) != (n2, d2) {
+        bail!(
+            "z1 and z2 must have the same shape, got {:?} and {:?}",
+            z1.dims(),
+            z2.dims()
+        )
+    }
+    let local = Tensor::cat(&[z1, z2], 0)?;
+    dcl_gathered(&local, &local, 0, temperature, sigma)
+}
+
+/// [`dcl`] with the negatives gathered from every rank of a data-parallel run: the layout,
+/// the gather and its gradient rule are [`nt_xent_gathered`]'s. DCLW's weights are normalised
+/// over this rank's own pairs (as lightly's), so with DCLW the mean over ranks is not exactly
+/// the loss of the whole batch; DCL's is.
+///
+/// # Shapes
+/// `local`: `[2n, D]`, `keys`: `[world · 2n, D]` → scalar (mean over the `2n` local anchors).
+pub fn dcl_gathered(
+    local: &Tensor,
+    keys: &Tensor,
+    rank: usize,
+    temperature: f64,
+    sigma: Option<f64>,
+) -> Result<Tensor> {
+    check_temperature(temperature)?;
+    if let Some(s) = sigma
+        && !(s.is_finite() && s > 0.0)
+    {
+        bail!("DCLW's sigma must be a finite number > 0, got {s}")
+    }
+    let (m, d) = check_rank2(local, "local views")?;
+    let (k, dk) = check_rank2(keys, "gathered keys")?;
+    if m % 2 != 0 {
+        bail!("local views must hold two views per sample (an even count), got {m}")
+    }
+    if d != dk || k % m != 0 || rank >= k / m {
+        bail!(
+            "gathered keys {:?} must be world × {m} rows of dimension {d} with rank {rank} < world",
+            keys.dims()
+        )
+    }
+    if k < 3 {
+        bail!("DCL needs at least one negative: two samples or more in the (global) batch")
+    }
+    let q = l2_normalize(local)?; // [2n, D]
+    let kk = l2_normalize(keys)?; // [K, D]
+    let logits = (q.matmul(&kk.t()?)? / temperature)?; // [2n, K]
+    let offset = rank * m;
+    let idx = partner_index(m, offset, &logits)?; // [2n, 1]
+    let positive = logits.gather(&idx, 1)?.squeeze(1)?; // [2n]: s_ip / τ
+    let negatives = (&logits + self_and_partner_mask(m, k, offset, &logits)?)?.log_sum_exp(1)?;
+    let positive = match sigma {
+        None => positive,
+        Some(s) => {
+            // cos of each local pair, from the anchors' positive logits (constant weights).
+            let n = m / 2;
+            let cos = positive
+                .narrow(0, 0, n)?
+                .detach()
+                .affine(temperature / s, 0.0)?;
+            let w = candle_nn::ops::softmax(&cos, 0)?.affine(-(n as f64), 2.0)?; // [n]
+            (positive * Tensor::cat(&[&w, &w], 0)?)?
+        }
+    };
+    (negatives - positive)?.mean_all()
 }
 
 /// Share of the 2N views whose most similar other view is their partner: SimCLR's contrastive
@@ -406,6 +509,10 @@ pub enum LossKind {
     SupCon,
     /// [`arcface`] over a learned class-weight matrix (needs labels).
     ArcFace,
+    /// [`dcl`]: NT-Xent without the positive in the denominator.
+    Dcl,
+    /// [`dcl`] with DCLW's weighting of the positive term (σ from [`LossConfig::sigma`]).
+    Dclw,
 }
 
 impl LossKind {
@@ -423,6 +530,8 @@ impl fmt::Display for LossKind {
             Self::Triplet => "triplet",
             Self::SupCon => "supcon",
             Self::ArcFace => "arcface",
+            Self::Dcl => "dcl",
+            Self::Dclw => "dclw",
         })
     }
 }
@@ -437,8 +546,10 @@ impl FromStr for LossKind {
             "triplet" => Ok(Self::Triplet),
             "supcon" => Ok(Self::SupCon),
             "arcface" => Ok(Self::ArcFace),
+            "dcl" => Ok(Self::Dcl),
+            "dclw" => Ok(Self::Dclw),
             _ => Err(format!(
-                "unknown loss `{s}`; expected ntxent, contrastive, triplet, supcon or arcface"
+                "unknown loss `{s}`; expected ntxent, dcl, dclw, contrastive, triplet, supcon or arcface"
             )),
         }
     }
@@ -482,7 +593,7 @@ impl FromStr for Pairs {
 pub struct LossConfig {
     /// Which objective.
     pub kind: LossKind,
-    /// Temperature of NT-Xent and SupCon (SimCLR: 0.5 for CIFAR-10 at batch 512, 0.1–0.2
+    /// Temperature of NT-Xent, DCL and SupCon (SimCLR: 0.5 for CIFAR-10 at batch 512, 0.1–0.2
     /// for large batches).
     pub temperature: f64,
     /// Margin of the contrastive and triplet losses; ArcFace's angular margin (radians).
@@ -496,10 +607,20 @@ pub struct LossConfig {
     /// ArcFace's logit scale.
     #[serde(default = "default_scale")]
     pub scale: f64,
+    /// DCLW's weighting temperature σ.
+    #[serde(default = "default_sigma")]
+    pub sigma: f64,
 }
 
 fn default_scale() -> f64 {
     64.0
+}
+
+/// DCLW's σ in the paper and in lightly.
+pub const DEFAULT_SIGMA: f64 = 0.5;
+
+fn default_sigma() -> f64 {
+    DEFAULT_SIGMA
 }
 
 impl Default for LossConfig {
@@ -511,6 +632,7 @@ impl Default for LossConfig {
             pairs: Pairs::Views,
             mining: Mining::BatchHard,
             scale: default_scale(),
+            sigma: DEFAULT_SIGMA,
         }
     }
 }
@@ -548,6 +670,10 @@ impl LossConfig {
         let plain = |loss| LossOutput { loss, active: None };
         if self.kind == LossKind::NtXent {
             return nt_xent(z1, z2, self.temperature).map(plain);
+        }
+        if matches!(self.kind, LossKind::Dcl | LossKind::Dclw) {
+            let sigma = (self.kind == LossKind::Dclw).then_some(self.sigma);
+            return dcl(z1, z2, self.temperature, sigma).map(plain);
         }
         let n = z1.dim(0)?;
         if z1.dims() != z2.dims() {
@@ -593,7 +719,7 @@ impl LossConfig {
                 };
                 arcface(&both, w, &labels, self.margin, self.scale).map(plain)
             }
-            LossKind::NtXent => unreachable!("handled above"),
+            LossKind::NtXent | LossKind::Dcl | LossKind::Dclw => unreachable!("handled above"),
         }
     }
 }

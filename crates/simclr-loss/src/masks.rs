@@ -24,6 +24,8 @@ pub(crate) enum MaskKind {
     Upper,
     /// `i != j` indicator.
     OffDiagonal,
+    /// Additive mask of each anchor's own and partner keys (DCL's negatives).
+    SelfAndPartner,
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -3,9 +3,9 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 use simclr_loss::{
-    LossConfig, LossKind, Mining, Pairs, arcface, contrastive_accuracy, margin_contrastive,
-    nt_xent, nt_xent_gathered, scalar, supcon, supcon_gathered, triplet, triplet_batch_hard,
-    view_labels,
+    LossConfig, LossKind, Mining, Pairs, arcface, contrastive_accuracy, dcl, dcl_gathered,
+    margin_contrastive, nt_xent, nt_xent_gathered, scalar, supcon, supcon_gathered, triplet,
+    triplet_batch_hard, view_labels,
 };
 
 fn t64(rows: &[[f64; 3]]) -> Tensor {
@@ -307,6 +307,250 @@ fn gradients_match_finite_differences() {
     check_grad(&|w| arcface(&z, w, &LABELS, 0.5, 4.0).unwrap(), &w);
 }
 
+/// DCL written from eq. 6 of Yeh et al. (2022), the same 2N-view layout as
+/// [`naive_nt_xent`]: for view `i` with partner `p`,
+/// `l_i = −w_i s_ip/τ + ln Σ_{k∉{i,p}} exp(s_ik/τ)`, mean over the 2N views; DCLW's
+/// `w_i = 2 − N exp(s_ip/σ) / Σ_j exp(s_jj′/σ)` over the N pairs, else `w_i = 1`.
+fn naive_dcl(z1: &[Vec<f64>], z2: &[Vec<f64>], tau: f64, sigma: Option<f64>) -> f64 {
+    let n = z1.len();
+    let cos = |a: &[f64], b: &[f64]| {
+        let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+        let na: f64 = a.iter().map(|x| x * x).sum::<f64>().sqrt();
+        let nb: f64 = b.iter().map(|x| x * x).sum::<f64>().sqrt();
+        dot / (na * nb)
+    };
+    let z: Vec<&Vec<f64>> = z1.iter().chain(z2).collect(); // view i's partner: (i + n) mod 2n
+    let pair: Vec<f64> = (0..n).map(|i| cos(&z1[i], &z2[i])).collect();
+    let weight = |i: usize| match sigma {
+        None => 1.0,
+        Some(s) => {
+            let den: f64 = pair.iter().map(|c| (c / s).exp()).sum();
+            2.0 - n as f64 * (pair[i % n] / s).exp() / den
+        }
+    };
+    let mut total = 0.0;
+    for i in 0..2 * n {
+        let p = (i + n) % (2 * n);
+        let neg: f64 = (0..2 * n)
+            .filter(|&k| k != i && k != p)
+            .map(|k| (cos(z[i], z[k]) / tau).exp())
+            .sum();
+        total += -weight(i) * cos(z[i], z[p]) / tau + neg.ln();
+    }
+    total / (2 * n) as f64
+}
+
+#[test]
+fn dcl_matches_the_papers_equation() {
+    for (n, d, tau, seed) in [
+        (4, 3, 0.5, 41),
+        (7, 5, 0.1, 42),
+        (16, 8, 1.0, 43),
+        (2, 2, 0.05, 44),
+    ] {
+        let (a, b) = (random(n, d, seed), random(n, d, seed + 100));
+        for sigma in [None, Some(0.5), Some(2.0)] {
+            let got = value(&dcl(&tensor(&a), &tensor(&b), tau, sigma).unwrap());
+            let want = naive_dcl(&a, &b, tau, sigma);
+            assert!(
+                (got - want).abs() < 1e-10,
+                "n={n} tau={tau} sigma={sigma:?}: {got} vs {want}"
+            );
+        }
+    }
+}
+
+// Golden values (PyTorch 2.15, float64) from the DCL authors' reference formula (one
+// direction at a time, negatives masked with ln 1e-45), made symmetric; Z1, Z2 as above:
+// def one_way(a, b, t, sigma):
+//     a, b = F.normalize(a, dim=1), F.normalize(b, dim=1)
+//     cross = a @ b.t()
+//     pos = -torch.diag(cross) / t
+//     if sigma is not None:
+//         pos = pos * (2 - a.shape[0] * F.softmax(torch.diag(cross) / sigma, dim=0))
+//     neg = torch.cat([a @ a.t(), cross], dim=1) / t
+//     mask = torch.eye(a.shape[0], dtype=torch.float64).repeat(1, 2)
+//     return (pos + torch.logsumexp(neg + mask * torch.log(torch.tensor(1e-45, dtype=torch.float64)), dim=1)).mean()
+// for t, s in ((0.5, None), (0.1, None), (0.2, 0.5)):
+//     print(f"dcl t={t} sigma={s}: {(0.5 * (one_way(z1, z2, t, s) + one_way(z2, z1, t, s))).item():.15f}")
+#[test]
+fn dcl_golden_values_from_pytorch() {
+    let (z1, z2) = (t64(&Z1), t64(&Z2));
+    for (tau, sigma, want) in [
+        (0.5, None, 0.085247784051373),
+        (0.1, None, -3.796011428894273),
+        (0.2, Some(0.5), -1.540376336299951),
+    ] {
+        let got = value(&dcl(&z1, &z2, tau, sigma).unwrap());
+        assert!(
+            (got - want).abs() < 1e-12,
+            "tau={tau} sigma={sigma:?}: {got} vs {want}"
+        );
+    }
+    let f = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+    let got = value(&dcl(&f(&z1), &f(&z2), 0.5, None).unwrap());
+    assert!((got - 0.085247784051373).abs() < 1e-6, "{got}");
+}
+
+#[test]
+fn dcl_closed_forms() {
+    // Partners equal, different samples orthogonal (z1 = z2 = I_N): the positive scores 1/τ
+    // and is out of the denominator, whose 2N − 2 negatives score 0: loss = ln(2N − 2) − 1/τ,
+    // where NT-Xent's is ln(1 + (2N − 2) e^{−1/τ}).
+    let eye: Vec<Vec<f64>> = (0..4)
+        .map(|i| (0..4).map(|j| f64::from(u8::from(i == j))).collect())
+        .collect();
+    let e = tensor(&eye);
+    let l = value(&dcl(&e, &e, 0.5, None).unwrap());
+    assert!((l - (6f64.ln() - 2.0)).abs() < 1e-12, "{l}");
+    // Every pair equally similar: DCLW's weights are all 1, so DCLW is DCL.
+    let w = value(&dcl(&e, &e, 0.5, Some(0.3)).unwrap());
+    assert!((w - l).abs() < 1e-12, "{w} vs {l}");
+    // Symmetric in its views.
+    let (a, b) = (tensor(&random(9, 6, 45)), tensor(&random(9, 6, 46)));
+    for sigma in [None, Some(0.5)] {
+        let ab = value(&dcl(&a, &b, 0.3, sigma).unwrap());
+        let ba = value(&dcl(&b, &a, 0.3, sigma).unwrap());
+        assert!((ab - ba).abs() < 1e-12, "{ab} vs {ba}");
+    }
+}
+
+#[test]
+fn gathered_dcl_averages_to_the_whole_batch_loss() {
+    let (a1, a2, b1, b2) = (
+        random(3, 4, 47),
+        random(3, 4, 48),
+        random(3, 4, 49),
+        random(3, 4, 50),
+    );
+    let local_a = tensor(&[a1.clone(), a2.clone()].concat());
+    let local_b = tensor(&[b1.clone(), b2.clone()].concat());
+    let keys = Tensor::cat(&[&local_a, &local_b], 0).unwrap();
+    let la = value(&dcl_gathered(&local_a, &keys, 0, 0.4, None).unwrap());
+    let lb = value(&dcl_gathered(&local_b, &keys, 1, 0.4, None).unwrap());
+    let whole = value(
+        &dcl(
+            &tensor(&[a1.clone(), b1].concat()),
+            &tensor(&[a2.clone(), b2].concat()),
+            0.4,
+            None,
+        )
+        .unwrap(),
+    );
+    assert!(((la + lb) / 2.0 - whole).abs() < 1e-12, "{la} {lb} {whole}");
+    // One rank: the gathered form is the plain one, DCLW included.
+    let alone = value(&dcl_gathered(&local_a, &local_a, 0, 0.4, Some(0.5)).unwrap());
+    let plain = value(&dcl(&tensor(&a1), &tensor(&a2), 0.4, Some(0.5)).unwrap());
+    assert!((alone - plain).abs() < 1e-12, "{alone} vs {plain}");
+}
+
+#[test]
+fn dcl_gradients_match_finite_differences() {
+    let x = random(8, 4, 51);
+    check_grad(
+        &|t| {
+            dcl(
+                &t.narrow(0, 0, 4).unwrap(),
+                &t.narrow(0, 4, 4).unwrap(),
+                0.3,
+                None,
+            )
+            .unwrap()
+        },
+        &x,
+    );
+    check_grad(
+        &|t| dcl_gathered(&t.narrow(0, 4, 4).unwrap(), t, 1, 0.5, None).unwrap(),
+        &x,
+    );
+}
+
+#[test]
+fn dclw_gradient_holds_its_weights_constant() {
+    // DCLW's pair weights are constants of the backward pass (lightly detaches them too):
+    // its gradient is the finite difference of the paper's loss with the weights frozen at
+    // the unperturbed point, and differs from the one through the weights.
+    let (n, d, tau, sigma) = (4, 3, 0.3, 0.5);
+    let x = random(2 * n, d, 52);
+    let cos = |a: &[f64], b: &[f64]| {
+        let dot: f64 = a.iter().zip(b).map(|(p, q)| p * q).sum();
+        dot / (a.iter().map(|v| v * v).sum::<f64>().sqrt()
+            * b.iter().map(|v| v * v).sum::<f64>().sqrt())
+    };
+    let pair: Vec<f64> = (0..n).map(|i| cos(&x[i], &x[n + i])).collect();
+    let den: f64 = pair.iter().map(|c| (c / sigma).exp()).sum();
+    let w: Vec<f64> = pair
+        .iter()
+        .map(|c| 2.0 - n as f64 * (c / sigma).exp() / den)
+        .collect();
+    // The paper's loss with the weights given: DCL's negatives, −w_i s_ip/τ.
+    let frozen = |z: &[Vec<f64>]| {
+        let mut total = 0.0;
+        for i in 0..2 * n {
+            let p = (i + n) % (2 * n);
+            let neg: f64 = (0..2 * n)
+                .filter(|&k| k != i && k != p)
+                .map(|k| (cos(&z[i], &z[k]) / tau).exp())
+                .sum();
+            total += -w[i % n] * cos(&z[i], &z[p]) / tau + neg.ln();
+        }
+        total / (2 * n) as f64
+    };
+    let v = Var::from_tensor(&tensor(&x)).unwrap();
+    let loss = dcl(
+        &v.as_tensor().narrow(0, 0, n).unwrap(),
+        &v.as_tensor().narrow(0, n, n).unwrap(),
+        tau,
+        Some(sigma),
+    )
+    .unwrap();
+    assert!((value(&loss) - frozen(&x)).abs() < 1e-12);
+    let g = loss
+        .backward()
+        .unwrap()
+        .get(&v)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap();
+    let mut through_weights = 0f64;
+    for (i, &gi) in g.iter().enumerate() {
+        let at = |delta: f64| {
+            let mut z = x.clone();
+            z[i / d][i % d] += delta;
+            z
+        };
+        let fd = (frozen(&at(1e-6)) - frozen(&at(-1e-6))) / 2e-6;
+        assert!(
+            (fd - gi).abs() < 1e-6 * (1.0 + fd.abs()),
+            "element {i}: fd {fd}, autograd {gi}"
+        );
+        let full = (naive_dcl(&at(1e-6)[..n], &at(1e-6)[n..], tau, Some(sigma))
+            - naive_dcl(&at(-1e-6)[..n], &at(-1e-6)[n..], tau, Some(sigma)))
+            / 2e-6;
+        through_weights = through_weights.max((full - fd).abs());
+    }
+    assert!(
+        through_weights > 1e-3,
+        "the weights' own gradient is negligible here: {through_weights}"
+    );
+}
+
+#[test]
+fn dcl_refuses_bad_input() {
+    let (a, b) = (t64(&Z1), t64(&Z2));
+    let msg = |r: candle_core::Result<Tensor>| r.unwrap_err().to_string();
+    assert!(msg(dcl(&a, &b, 0.0, None)).contains("temperature"));
+    assert!(msg(dcl(&a, &b, 0.5, Some(0.0))).contains("sigma"));
+    assert!(msg(dcl(&a, &b, 0.5, Some(f64::INFINITY))).contains("sigma"));
+    assert!(msg(dcl(&a, &b.narrow(0, 0, 3).unwrap(), 0.5, None)).contains("same shape"));
+    // One sample: no negatives left once the positive is out of the denominator.
+    let one = a.narrow(0, 0, 1).unwrap();
+    assert!(msg(dcl(&one, &one, 0.5, None)).contains("negative"));
+    assert!(msg(dcl_gathered(&a, &b.narrow(0, 0, 3).unwrap(), 0, 0.5, None)).contains("world"));
+}
+
 #[test]
 fn contrastive_accuracy_counts_partners_found() {
     // Views 0 and 1 of sample 0 point the same way; sample 1's views are far apart, and its
@@ -365,7 +609,19 @@ fn loss_config_dispatches_and_needs_labels_for_supcon() {
         value(&cfg.compute(&a, &b, Some(&labels), Some(&w)).unwrap().loss),
         value(&arcface(&both, &w, &l2, cfg.margin, cfg.scale).unwrap())
     );
+    for (kind, sigma) in [(LossKind::Dcl, None), (LossKind::Dclw, Some(cfg.sigma))] {
+        cfg.kind = kind;
+        assert_eq!(
+            value(&cfg.compute(&a, &b, None, None).unwrap().loss),
+            value(&dcl(&a, &b, 0.3, sigma).unwrap())
+        );
+    }
     assert_eq!("NT-Xent".parse::<LossKind>().unwrap(), LossKind::NtXent);
+    assert_eq!("DCLW".parse::<LossKind>().unwrap(), LossKind::Dclw);
+    assert_eq!(
+        LossKind::Dcl.to_string().parse::<LossKind>().unwrap(),
+        LossKind::Dcl
+    );
     assert!("byol".parse::<LossKind>().is_err());
 }
 

@@ -58,7 +58,7 @@ pub struct TrainConfig {
     pub warmup_epochs: f64,
     /// Training objective.
     pub loss: LossKind,
-    /// Temperature of NT-Xent and SupCon.
+    /// Temperature of NT-Xent, DCL and SupCon.
     pub temperature: f64,
     /// Margin of the contrastive and triplet losses; ArcFace's angular margin (radians).
     pub margin: f64,
@@ -69,6 +69,8 @@ pub struct TrainConfig {
     pub mining: Mining,
     /// ArcFace's logit scale.
     pub scale: f64,
+    /// DCLW's weighting temperature σ.
+    pub sigma: f64,
     /// Class-balanced batches: classes per batch (P; with `images_per_class`).
     pub classes_per_batch: Option<usize>,
     /// Class-balanced batches: images of each class per batch (K).
@@ -125,6 +127,7 @@ impl Default for TrainConfig {
             pairs: Pairs::Views,
             mining: Mining::BatchHard,
             scale: 64.0,
+            sigma: simclr_loss::DEFAULT_SIGMA,
             classes_per_batch: None,
             images_per_class: None,
             online_probe: false,
@@ -206,6 +209,7 @@ impl TrainConfig {
             return Err("--keep-last must be at least 1".into());
         }
         positive(self.scale, "scale")?;
+        positive(self.sigma, "sigma")?;
         if self.loss == LossKind::ArcFace && self.margin >= std::f64::consts::FRAC_PI_2 {
             return Err(format!(
                 "--margin is ArcFace's angle in radians and must be below π/2, got {}",
@@ -275,6 +279,7 @@ impl TrainConfig {
             pairs: self.pairs,
             mining: self.mining,
             scale: self.scale,
+            sigma: self.sigma,
         }
     }
 

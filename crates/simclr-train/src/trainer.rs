@@ -570,12 +570,15 @@ impl Trainer {
         if world > 1
             && !matches!(
                 config.loss,
-                simclr_loss::LossKind::NtXent | simclr_loss::LossKind::SupCon
+                simclr_loss::LossKind::NtXent
+                    | simclr_loss::LossKind::Dcl
+                    | simclr_loss::LossKind::Dclw
+                    | simclr_loss::LossKind::SupCon
             )
         {
             return Err(TrainError::Config(format!(
                 "--loss {} runs in one process only; data-parallel runs gather the negatives \
-                 of ntxent and supcon",
+                 of ntxent, dcl, dclw and supcon",
                 config.loss
             )));
         }
@@ -1078,6 +1081,13 @@ impl Trainer {
                     .map(|v| v as u32)
                     .collect();
                 simclr_loss::supcon_gathered(&z, &keys, &all, rank, tau)?
+            } else if matches!(
+                self.loss.kind,
+                simclr_loss::LossKind::Dcl | simclr_loss::LossKind::Dclw
+            ) {
+                let sigma =
+                    (self.loss.kind == simclr_loss::LossKind::Dclw).then_some(self.loss.sigma);
+                simclr_loss::dcl_gathered(&z, &keys, rank, tau, sigma)?
             } else {
                 simclr_loss::nt_xent_gathered(&z, &keys, rank, tau)?
             };

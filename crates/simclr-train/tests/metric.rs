@@ -300,3 +300,32 @@ fn the_online_probe_learns_without_touching_the_encoder_and_resumes_exactly() {
         );
     }
 }
+
+#[test]
+fn dcl_trains_through_the_loop_below_nt_xent_at_the_first_step() {
+    let data = subset(64);
+    let first_loss = |loss| {
+        let cfg = TrainConfig {
+            classes_per_batch: None,
+            images_per_class: None,
+            pairs: Pairs::Views,
+            max_steps: Some(3),
+            ..tiny(loss)
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let seen = steps(cfg, data.clone(), dir.path());
+        assert_eq!(seen.len(), 3, "{loss}");
+        assert!(seen.iter().all(|m| m.loss.is_finite()), "{loss}: {seen:?}");
+        seen[0].loss
+    };
+    let (nt, dcl, dclw) = (
+        first_loss(LossKind::NtXent),
+        first_loss(LossKind::Dcl),
+        first_loss(LossKind::Dclw),
+    );
+    // Step 1 sees the same weights and the same views whatever the loss. DCL takes the
+    // positive out of NT-Xent's denominator, so each anchor's term is lower by
+    // ln(1 + e^{s_p/τ} / Σ_neg e^{s/τ}) > 0; DCLW reweights the positives (another value).
+    assert!(dcl < nt, "dcl {dcl}, ntxent {nt}");
+    assert!(dclw != dcl, "dclw {dclw}, dcl {dcl}");
+}

@@ -136,7 +136,24 @@ fn barrier(comm: &Comm) {
     simclr_dist::any(comm, false).unwrap();
 }
 
+/// A loss of the whole batch's views (`z1`, `z2`) and its gathered form (`local`, `keys`,
+/// `rank`), at τ.
+type Whole = fn(&Tensor, &Tensor, f64) -> candle_core::Result<Tensor>;
+type Gathered = fn(&Tensor, &Tensor, usize, f64) -> candle_core::Result<Tensor>;
+
 fn gather_matches_single_process_nt_xent(comm: &Comm) -> Check {
+    gather_matches_single_process(comm, simclr_loss::nt_xent, simclr_loss::nt_xent_gathered)
+}
+
+fn gather_matches_single_process_dcl(comm: &Comm) -> Check {
+    gather_matches_single_process(
+        comm,
+        |z1, z2, tau| simclr_loss::dcl(z1, z2, tau, None),
+        |local, keys, rank, tau| simclr_loss::dcl_gathered(local, keys, rank, tau, None),
+    )
+}
+
+fn gather_matches_single_process(comm: &Comm, whole_loss: Whole, gathered: Gathered) -> Check {
     // Rank r holds samples 3r..3r+3 (two views each) of a 6-sample batch every rank knows.
     let (n, d, tau) = (3usize, 5usize, 0.3);
     let all: Vec<f64> = (0..2 * 2 * n * d)
@@ -149,7 +166,7 @@ fn gather_matches_single_process_nt_xent(comm: &Comm) -> Check {
         Var::from_tensor(&views.get(0).unwrap()).unwrap(),
         Var::from_tensor(&views.get(1).unwrap()).unwrap(),
     );
-    let whole = simclr_loss::nt_xent(z1.as_tensor(), z2.as_tensor(), tau).unwrap();
+    let whole = whole_loss(z1.as_tensor(), z2.as_tensor(), tau).unwrap();
     let g = whole.backward().unwrap();
     let (g1, g2) = (g.get(&z1).unwrap(), g.get(&z2).unwrap());
     // This rank: its samples' first views then second views.
@@ -166,7 +183,7 @@ fn gather_matches_single_process_nt_xent(comm: &Comm) -> Check {
     )
     .unwrap();
     let keys = simclr_dist::all_gather_with_grad(comm, local.as_tensor()).unwrap();
-    let loss = simclr_loss::nt_xent_gathered(local.as_tensor(), &keys, r, tau).unwrap();
+    let loss = gathered(local.as_tensor(), &keys, r, tau).unwrap();
     let mut mean = [loss.to_scalar::<f64>().unwrap()];
     comm.all_reduce_sum_f64(&mut mean).unwrap();
     let mean = mean[0] / comm.world() as f64;
@@ -353,7 +370,7 @@ fn a_two_rank_checkpoint_resumes_in_one_process(
 fn main() {
     if !simclr_dist::launched_by_mpirun() {
         println!("the MPI tests run under mpirun (scripts/mpi-tests.sh); skipped");
-        println!("0 passed, 0 failed, 5 skipped");
+        println!("0 passed, 0 failed, 6 skipped");
         return;
     }
     let comm = simclr_dist::mpi_world().expect("MPI initialises");
@@ -364,6 +381,10 @@ fn main() {
         (
             "gather_matches_single_process_nt_xent",
             Box::new(|_| gather_matches_single_process_nt_xent(&comm)),
+        ),
+        (
+            "gather_matches_single_process_dcl",
+            Box::new(|_| gather_matches_single_process_dcl(&comm)),
         ),
         (
             "two_ranks_equal_one_process_with_global_bn",

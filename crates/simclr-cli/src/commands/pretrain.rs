@@ -95,10 +95,14 @@ pub struct PretrainArgs {
     /// Epochs of linear learning-rate warmup [default: 10; 0.5 without --data].
     #[arg(long)]
     pub warmup_epochs: Option<f64>,
-    /// Objective [default: ntxent]: ntxent (SimCLR, no labels); contrastive (siamese pairs
-    /// with a margin) and triplet (with --mining), on views or --pairs labels; supcon and
-    /// arcface (need labels).
-    #[arg(long, value_name = "ntxent|contrastive|triplet|supcon|arcface")]
+    /// Objective [default: ntxent]: ntxent (SimCLR, no labels); dcl and dclw (decoupled
+    /// contrastive: NT-Xent without the positive in the denominator, dclw also weighting the
+    /// positives by --sigma; no labels); contrastive (siamese pairs with a margin) and triplet
+    /// (with --mining), on views or --pairs labels; supcon and arcface (need labels).
+    #[arg(
+        long,
+        value_name = "ntxent|dcl|dclw|contrastive|triplet|supcon|arcface"
+    )]
     pub loss: Option<LossKind>,
     /// Positives of the contrastive and triplet losses: the two views of an image, or the
     /// images of a class (needs labels; pair with --classes-per-batch) [default: views].
@@ -110,6 +114,9 @@ pub struct PretrainArgs {
     /// ArcFace's logit scale s [default: 64].
     #[arg(long)]
     pub scale: Option<f64>,
+    /// DCLW's weighting temperature σ [default: 0.5].
+    #[arg(long)]
+    pub sigma: Option<f64>,
     /// Class-balanced batches of P classes × K images (needs labels; --batch-size becomes
     /// P·K): every image of a batch then has positives.
     #[arg(long, value_name = "P", requires = "images_per_class")]
@@ -122,7 +129,7 @@ pub struct PretrainArgs {
     /// It never changes the encoder.
     #[arg(long)]
     pub online_probe: bool,
-    /// Temperature of NT-Xent and SupCon [default: 0.5].
+    /// Temperature of NT-Xent, DCL and SupCon [default: 0.5].
     #[arg(long)]
     pub temperature: Option<f64>,
     /// Margin of the contrastive and triplet losses; ArcFace's angular margin in radians
@@ -259,6 +266,7 @@ impl PretrainArgs {
             pairs,
             mining,
             scale,
+            sigma,
             jitter_strength,
             min_crop_scale,
             seed,
@@ -314,7 +322,7 @@ impl PretrainArgs {
             optimizer => "--optimizer", lr => "--lr", lr_scaling => "--lr-scaling",
             weight_decay => "--weight-decay", momentum => "--momentum",
             warmup_epochs => "--warmup-epochs", loss => "--loss", temperature => "--temperature",
-            margin => "--margin", pairs => "--pairs", mining => "--mining", scale => "--scale",
+            margin => "--margin", pairs => "--pairs", mining => "--mining", scale => "--scale", sigma => "--sigma",
             jitter_strength => "--jitter-strength",
             min_crop_scale => "--min-crop-scale", seed => "--seed");
         let show = |p: &Option<PathBuf>| {
