@@ -7,7 +7,8 @@
 # Sapphire Rapids or later, AMD Zen 4 or later) ResNet-50 3/8 width for 4 epochs with
 # --precision bf16 (54 minutes on the README's EPYC, probe 90.8%); elsewhere ResNet-50 1/4
 # width for 5 epochs in f32 (33-46 minutes there, 89.6-90.0%). WIDTH, EPOCHS and PRECISION
-# override the choice.
+# override the choice; ARCH, BATCH, LR, LOSS (ntxent, dcl, dclw), TEMPERATURE, MIN_CROP,
+# JITTER, STEM and WARMUP the rest of the recipe.
 #
 # Usage: bash scripts/fashion-mnist.sh            (recipe above, then evaluation)
 #        EPOCHS=2 OUT=runs/quick bash scripts/fashion-mnist.sh
@@ -26,6 +27,7 @@ fi
 ARCH=${ARCH:-resnet50}
 BATCH=${BATCH:-128}
 LR=${LR:-0.075}
+LOSS=${LOSS:-ntxent}
 TEMPERATURE=${TEMPERATURE:-0.2}
 MIN_CROP=${MIN_CROP:-0.4}
 JITTER=${JITTER:-1.0}
@@ -52,7 +54,7 @@ else
         --arch "$ARCH" --stem "$STEM" --width "$WIDTH" --image-size 28 --min-crop-scale "$MIN_CROP" \
         --jitter-strength "$JITTER" \
         --batch-size "$BATCH" --epochs "$EPOCHS" --optimizer lars --lr "$LR" --lr-scaling sqrt \
-        --warmup-epochs "$WARMUP" --temperature "$TEMPERATURE" --keep-last "$EPOCHS" \
+        --warmup-epochs "$WARMUP" --loss "$LOSS" --temperature "$TEMPERATURE" --keep-last "$EPOCHS" \
         --precision "$PRECISION" "${KNN[@]}"
 fi
 echo "pretraining wall time: $(( $(date +%s) - start )) s" | tee "$OUT/wall-time.txt"
