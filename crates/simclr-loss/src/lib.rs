@@ -131,6 +131,13 @@ fn same_label(labels: &[u32], like: &Tensor) -> Result<Tensor> {
 /// # Shapes
 /// `z1`, `z2`: `[N, D]` → scalar.
 pub fn nt_xent(z1: &Tensor, z2: &Tensor, temperature: f64) -> Result<Tensor> {
+    let local = both_views(z1, z2)?;
+    nt_xent_gathered(&local, &local, 0, temperature)
+}
+
+/// `[z1; z2]`, the `[2N, D]` layout of the two-view losses (views 1 then views 2), after
+/// checking that both are `[N, D]` alike.
+fn both_views(z1: &Tensor, z2: &Tensor) -> Result<Tensor> {
     let (n1, d1) = check_rank2(z1, "z1")?;
     let (n2, d2) = check_rank2(z2, "z2")?;
     if (n1, d1) != (n2, d2) {
@@ -140,8 +147,33 @@ pub fn nt_xent(z1: &Tensor, z2: &Tensor, temperature: f64) -> Result<Tensor> {
             z2.dims()
         )
     }
-    let local = Tensor::cat(&[z1, z2], 0)?; // [2N, D]: views 1 then views 2
-    nt_xent_gathered(&local, &local, 0, temperature)
+    Tensor::cat(&[z1, z2], 0)
+}
+
+/// The checked shapes and the `[2n, K]` cosine-similarity logits (÷ τ) of the gathered losses:
+/// `local`'s `2n` views (two per sample) against the `K = world · 2n` gathered keys, of which
+/// this rank's block is `rank`. Returns the logits, `2n` and `K`.
+fn gathered_logits(
+    local: &Tensor,
+    keys: &Tensor,
+    rank: usize,
+    temperature: f64,
+) -> Result<(Tensor, usize, usize)> {
+    check_temperature(temperature)?;
+    let (m, d) = check_rank2(local, "local views")?;
+    let (k, dk) = check_rank2(keys, "gathered keys")?;
+    if m % 2 != 0 {
+        bail!("local views must hold two views per sample (an even count), got {m}")
+    }
+    if d != dk || k % m != 0 || rank >= k / m {
+        bail!(
+            "gathered keys {:?} must be world × {m} rows of dimension {d} with rank {rank} < world",
+            keys.dims()
+        )
+    }
+    let q = l2_normalize(local)?; // [2n, D]
+    let kk = l2_normalize(keys)?; // [K, D]
+    Ok(((q.matmul(&kk.t()?)? / temperature)?, m, k))
 }
 
 /// NT-Xent with the candidates gathered from every rank of a data-parallel run.
@@ -168,21 +200,7 @@ pub fn nt_xent_gathered(
     rank: usize,
     temperature: f64,
 ) -> Result<Tensor> {
-    check_temperature(temperature)?;
-    let (m, d) = check_rank2(local, "local views")?;
-    let (k, dk) = check_rank2(keys, "gathered keys")?;
-    if m % 2 != 0 {
-        bail!("local views must hold two views per sample (an even count), got {m}")
-    }
-    if d != dk || k % m != 0 || rank >= k / m {
-        bail!(
-            "gathered keys {:?} must be world × {m} rows of dimension {d} with rank {rank} < world",
-            keys.dims()
-        )
-    }
-    let q = l2_normalize(local)?; // [2n, D]
-    let kk = l2_normalize(keys)?; // [K, D]
-    let logits = (q.matmul(&kk.t()?)? / temperature)?; // [2n, K] cosine similarity / τ
+    let (logits, m, k) = gathered_logits(local, keys, rank, temperature)?;
     let offset = rank * m;
     let mask = self_pair_mask(m, k, offset, &logits)?; // self-pairs out
     let logp = candle_nn::ops::log_softmax(&(logits + mask)?, D::Minus1)?; // [2n, K]
@@ -220,16 +238,7 @@ fn self_and_partner_mask(rows: usize, cols: usize, offset: usize, like: &Tensor)
 /// # Shapes
 /// `z1`, `z2`: `[N, D]` → scalar.
 pub fn dcl(z1: &Tensor, z2: &Tensor, temperature: f64, sigma: Option<f64>) -> Result<Tensor> {
-    let (n1, d1) = check_rank2(z1, "z1")?;
-    let (n2, d2) = check_rank2(z2, "z2")?;
-    if (n1, d1) != (n2, d2) {
-        bail!(
-            "z1 and z2 must have the same shape, got {:?} and {:?}",
-            z1.dims(),
-            z2.dims()
-        )
-    }
-    let local = Tensor::cat(&[z1, z2], 0)?;
+    let local = both_views(z1, z2)?;
     dcl_gathered(&local, &local, 0, temperature, sigma)
 }
 
@@ -247,29 +256,15 @@ pub fn dcl_gathered(
     temperature: f64,
     sigma: Option<f64>,
 ) -> Result<Tensor> {
-    check_temperature(temperature)?;
     if let Some(s) = sigma
         && !(s.is_finite() && s > 0.0)
     {
         bail!("DCLW's sigma must be a finite number > 0, got {s}")
     }
-    let (m, d) = check_rank2(local, "local views")?;
-    let (k, dk) = check_rank2(keys, "gathered keys")?;
-    if m % 2 != 0 {
-        bail!("local views must hold two views per sample (an even count), got {m}")
-    }
-    if d != dk || k % m != 0 || rank >= k / m {
-        bail!(
-            "gathered keys {:?} must be world × {m} rows of dimension {d} with rank {rank} < world",
-            keys.dims()
-        )
-    }
+    let (logits, m, k) = gathered_logits(local, keys, rank, temperature)?;
     if k < 3 {
         bail!("DCL needs at least one negative: two samples or more in the (global) batch")
     }
-    let q = l2_normalize(local)?; // [2n, D]
-    let kk = l2_normalize(keys)?; // [K, D]
-    let logits = (q.matmul(&kk.t()?)? / temperature)?; // [2n, K]
     let offset = rank * m;
     let idx = partner_index(m, offset, &logits)?; // [2n, 1]
     let positive = logits.gather(&idx, 1)?.squeeze(1)?; // [2n]: s_ip / τ
@@ -675,15 +670,8 @@ impl LossConfig {
             let sigma = (self.kind == LossKind::Dclw).then_some(self.sigma);
             return dcl(z1, z2, self.temperature, sigma).map(plain);
         }
+        let both = both_views(z1, z2)?;
         let n = z1.dim(0)?;
-        if z1.dims() != z2.dims() {
-            bail!(
-                "z1 and z2 must have the same shape, got {:?} and {:?}",
-                z1.dims(),
-                z2.dims()
-            )
-        }
-        let both = Tensor::cat(&[z1, z2], 0)?;
         let labels = if self.needs_labels() {
             let Some(labels) = class_labels else {
                 bail!(
