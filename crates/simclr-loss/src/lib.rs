@@ -649,6 +649,12 @@ impl LossConfig {
                 && matches!(self.kind, LossKind::Contrastive | LossKind::Triplet))
     }
 
+    /// The `sigma` argument of [`dcl`] for this objective: DCLW's σ for `dclw`, `None`
+    /// otherwise (plain DCL).
+    pub fn dclw_sigma(&self) -> Option<f64> {
+        (self.kind == LossKind::Dclw).then_some(self.sigma)
+    }
+
     /// The loss of a batch whose views are `z1[i]`, `z2[i]`; `class_labels` (one per sample)
     /// are needed by SupCon, ArcFace and labelled pairs, `class_weight` (`[C, D]`) by
     /// ArcFace.
@@ -667,8 +673,7 @@ impl LossConfig {
             return nt_xent(z1, z2, self.temperature).map(plain);
         }
         if matches!(self.kind, LossKind::Dcl | LossKind::Dclw) {
-            let sigma = (self.kind == LossKind::Dclw).then_some(self.sigma);
-            return dcl(z1, z2, self.temperature, sigma).map(plain);
+            return dcl(z1, z2, self.temperature, self.dclw_sigma()).map(plain);
         }
         let both = both_views(z1, z2)?;
         let n = z1.dim(0)?;

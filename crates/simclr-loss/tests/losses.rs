@@ -33,6 +33,14 @@ fn value(t: &Tensor) -> f64 {
 
 /// NT-Xent written straight from Algorithm 1 of the paper: for k in 1..N, views 2k-1 and 2k;
 /// s_ij = cosine; l(i, j) = −log exp(s_ij/τ) / Σ_{k≠i} exp(s_ik/τ); L = 1/2N Σ_k l(2k−1, 2k) + l(2k, 2k−1).
+/// Cosine similarity of two vectors, in f64.
+fn cosine(a: &[f64], b: &[f64]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let na: f64 = a.iter().map(|x| x * x).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| x * x).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
+
 fn naive_nt_xent(z1: &[Vec<f64>], z2: &[Vec<f64>], tau: f64) -> f64 {
     let n = z1.len();
     let mut z: Vec<Vec<f64>> = Vec::new();
@@ -40,17 +48,11 @@ fn naive_nt_xent(z1: &[Vec<f64>], z2: &[Vec<f64>], tau: f64) -> f64 {
         z.push(z1[k].clone());
         z.push(z2[k].clone());
     }
-    let cos = |a: &[f64], b: &[f64]| {
-        let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-        let na: f64 = a.iter().map(|x| x * x).sum::<f64>().sqrt();
-        let nb: f64 = b.iter().map(|x| x * x).sum::<f64>().sqrt();
-        dot / (na * nb)
-    };
     let l = |i: usize, j: usize| {
-        let num = (cos(&z[i], &z[j]) / tau).exp();
+        let num = (cosine(&z[i], &z[j]) / tau).exp();
         let den: f64 = (0..2 * n)
             .filter(|&k| k != i)
-            .map(|k| (cos(&z[i], &z[k]) / tau).exp())
+            .map(|k| (cosine(&z[i], &z[k]) / tau).exp())
             .sum();
         -(num / den).ln()
     };
@@ -312,30 +314,37 @@ fn gradients_match_finite_differences() {
 /// `l_i = −w_i s_ip/τ + ln Σ_{k∉{i,p}} exp(s_ik/τ)`, mean over the 2N views; DCLW's
 /// `w_i = 2 − N exp(s_ip/σ) / Σ_j exp(s_jj′/σ)` over the N pairs, else `w_i = 1`.
 fn naive_dcl(z1: &[Vec<f64>], z2: &[Vec<f64>], tau: f64, sigma: Option<f64>) -> f64 {
-    let n = z1.len();
-    let cos = |a: &[f64], b: &[f64]| {
-        let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-        let na: f64 = a.iter().map(|x| x * x).sum::<f64>().sqrt();
-        let nb: f64 = b.iter().map(|x| x * x).sum::<f64>().sqrt();
-        dot / (na * nb)
+    let z: Vec<Vec<f64>> = z1.iter().chain(z2).cloned().collect();
+    let w = match sigma {
+        None => vec![1.0; z1.len()],
+        Some(s) => dclw_weights(&z, s),
     };
-    let z: Vec<&Vec<f64>> = z1.iter().chain(z2).collect(); // view i's partner: (i + n) mod 2n
-    let pair: Vec<f64> = (0..n).map(|i| cos(&z1[i], &z2[i])).collect();
-    let weight = |i: usize| match sigma {
-        None => 1.0,
-        Some(s) => {
-            let den: f64 = pair.iter().map(|c| (c / s).exp()).sum();
-            2.0 - n as f64 * (pair[i % n] / s).exp() / den
-        }
-    };
+    naive_dcl_weighted(&z, tau, &w)
+}
+
+/// DCLW's pair weights `w_i = 2 − N exp(s_ii′/σ) / Σ_j exp(s_jj′/σ)` of the 2N views `z`
+/// (views 1 then views 2).
+fn dclw_weights(z: &[Vec<f64>], sigma: f64) -> Vec<f64> {
+    let n = z.len() / 2;
+    let pair: Vec<f64> = (0..n).map(|i| cosine(&z[i], &z[n + i])).collect();
+    let den: f64 = pair.iter().map(|c| (c / sigma).exp()).sum();
+    pair.iter()
+        .map(|c| 2.0 - n as f64 * (c / sigma).exp() / den)
+        .collect()
+}
+
+/// Eq. 6 over the 2N views `z` (view `i`'s partner: `(i + N) mod 2N`) with the pair weights
+/// `w` given.
+fn naive_dcl_weighted(z: &[Vec<f64>], tau: f64, w: &[f64]) -> f64 {
+    let n = z.len() / 2;
     let mut total = 0.0;
     for i in 0..2 * n {
         let p = (i + n) % (2 * n);
         let neg: f64 = (0..2 * n)
             .filter(|&k| k != i && k != p)
-            .map(|k| (cos(z[i], z[k]) / tau).exp())
+            .map(|k| (cosine(&z[i], &z[k]) / tau).exp())
             .sum();
-        total += -weight(i) * cos(z[i], z[p]) / tau + neg.ln();
+        total += -w[i % n] * cosine(&z[i], &z[p]) / tau + neg.ln();
     }
     total / (2 * n) as f64
 }
@@ -472,30 +481,9 @@ fn dclw_gradient_holds_its_weights_constant() {
     // the unperturbed point, and differs from the one through the weights.
     let (n, d, tau, sigma) = (4, 3, 0.3, 0.5);
     let x = random(2 * n, d, 52);
-    let cos = |a: &[f64], b: &[f64]| {
-        let dot: f64 = a.iter().zip(b).map(|(p, q)| p * q).sum();
-        dot / (a.iter().map(|v| v * v).sum::<f64>().sqrt()
-            * b.iter().map(|v| v * v).sum::<f64>().sqrt())
-    };
-    let pair: Vec<f64> = (0..n).map(|i| cos(&x[i], &x[n + i])).collect();
-    let den: f64 = pair.iter().map(|c| (c / sigma).exp()).sum();
-    let w: Vec<f64> = pair
-        .iter()
-        .map(|c| 2.0 - n as f64 * (c / sigma).exp() / den)
-        .collect();
+    let w = dclw_weights(&x, sigma);
     // The paper's loss with the weights given: DCL's negatives, −w_i s_ip/τ.
-    let frozen = |z: &[Vec<f64>]| {
-        let mut total = 0.0;
-        for i in 0..2 * n {
-            let p = (i + n) % (2 * n);
-            let neg: f64 = (0..2 * n)
-                .filter(|&k| k != i && k != p)
-                .map(|k| (cos(&z[i], &z[k]) / tau).exp())
-                .sum();
-            total += -w[i % n] * cos(&z[i], &z[p]) / tau + neg.ln();
-        }
-        total / (2 * n) as f64
-    };
+    let frozen = |z: &[Vec<f64>]| naive_dcl_weighted(z, tau, &w);
     let v = Var::from_tensor(&tensor(&x)).unwrap();
     let loss = dcl(
         &v.as_tensor().narrow(0, 0, n).unwrap(),

@@ -1085,9 +1085,7 @@ impl Trainer {
                 self.loss.kind,
                 simclr_loss::LossKind::Dcl | simclr_loss::LossKind::Dclw
             ) {
-                let sigma =
-                    (self.loss.kind == simclr_loss::LossKind::Dclw).then_some(self.loss.sigma);
-                simclr_loss::dcl_gathered(&z, &keys, rank, tau, sigma)?
+                simclr_loss::dcl_gathered(&z, &keys, rank, tau, self.loss.dclw_sigma())?
             } else {
                 simclr_loss::nt_xent_gathered(&z, &keys, rank, tau)?
             };

@@ -322,8 +322,8 @@ impl PretrainArgs {
             optimizer => "--optimizer", lr => "--lr", lr_scaling => "--lr-scaling",
             weight_decay => "--weight-decay", momentum => "--momentum",
             warmup_epochs => "--warmup-epochs", loss => "--loss", temperature => "--temperature",
-            margin => "--margin", pairs => "--pairs", mining => "--mining", scale => "--scale", sigma => "--sigma",
-            jitter_strength => "--jitter-strength",
+            margin => "--margin", pairs => "--pairs", mining => "--mining", scale => "--scale",
+            sigma => "--sigma", jitter_strength => "--jitter-strength",
             min_crop_scale => "--min-crop-scale", seed => "--seed");
         let show = |p: &Option<PathBuf>| {
             p.as_ref().map_or_else(
