@@ -27,7 +27,8 @@
 //!
 //! With [`set_bf16_gemm`] (`--precision bf16` on a CPU with AVX-512 BF16) every one of these
 //! gemms rounds its operands to bf16 while packing them and adds the products in f32
-//! (module `bf16`), about twice the multiply-adds per instruction.
+//! (module `bf16`), about twice the multiply-adds per instruction, or on AMX tiles where the
+//! CPU has them ([`bf16_gemm_amx`]).
 
 use std::cell::RefCell;
 use std::mem::MaybeUninit;
@@ -75,6 +76,20 @@ pub fn set_bf16_gemm(on: bool) -> Result<()> {
     }
     BF16_GEMM.store(on, Ordering::Relaxed);
     Ok(())
+}
+
+/// Whether the bf16 gemms run on AMX tiles (Intel Sapphire Rapids and later, on Linux), 16
+/// × 16 × 32 multiply-adds an instruction, rather than AVX-512 BF16. On by default where the
+/// CPU and kernel allow; `SIMCLR_AMX=0` in the environment keeps AVX-512 BF16.
+pub fn bf16_gemm_amx() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        bf16::amx()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 /// Whether the CPU convolutions' gemms are bf16 ([`set_bf16_gemm`]).

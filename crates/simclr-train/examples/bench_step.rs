@@ -90,8 +90,16 @@ fn main() -> candle_core::Result<()> {
     };
     let min = times.iter().map(|t| t[0]).fold(f64::INFINITY, f64::min);
     println!(
-        "{{\"bench\":\"step\",\"framework\":\"simclr-rs\",\"device\":\"{}\",\"precision\":\"{precision}\",\"optimizer\":\"{optimizer}\",\"arch\":\"{}\",\"width\":{},\"batch_images\":{batch},\"views\":{},\"size\":{size},\"channels\":{},\"threads\":{},\"step_s_median\":{:.4},\"step_s_min\":{min:.4},\"forward_s\":{:.4},\"backward_s\":{:.4},\"update_s\":{:.4},\"views_per_s\":{:.2},\"peak_rss_mib\":{:.1},\"loss_last\":{loss_last}}}",
+        "{{\"bench\":\"step\",\"framework\":\"simclr-rs\",\"device\":\"{}\",\"precision\":\"{precision}\",\"cpu_bf16_kernel\":\"{}\",\"optimizer\":\"{optimizer}\",\"arch\":\"{}\",\"width\":{},\"batch_images\":{batch},\"views\":{},\"size\":{size},\"channels\":{},\"threads\":{},\"step_s_median\":{:.4},\"step_s_min\":{min:.4},\"forward_s\":{:.4},\"backward_s\":{:.4},\"update_s\":{:.4},\"views_per_s\":{:.2},\"peak_rss_mib\":{:.1},\"loss_last\":{loss_last}}}",
         if dev.is_cpu() { "cpu" } else { "cuda" },
+        match (
+            simclr_model::conv::bf16_gemm(),
+            simclr_model::conv::bf16_gemm_amx()
+        ) {
+            (false, _) => "none",
+            (true, false) => "avx512bf16",
+            (true, true) => "amx",
+        },
         cfg.arch,
         cfg.width,
         2 * batch,

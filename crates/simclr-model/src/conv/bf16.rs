@@ -22,6 +22,9 @@ use std::sync::OnceLock;
 
 use super::View;
 
+#[cfg(target_os = "linux")]
+mod amx;
+
 /// Rows of `C` per register tile.
 const MR: usize = 8;
 /// Columns of `C` per register tile (two 16-lane vectors).
@@ -54,13 +57,47 @@ thread_local! {
     static PACKS: RefCell<(Vec<u32>, Vec<u32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
+/// Whether the gemm runs on AMX tiles ([`amx`]) rather than AVX-512 BF16 instructions.
+pub(super) fn amx() -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        amx::enabled()
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        false
+    }
+}
+
 /// `dst = lhs · rhs` (`dst += lhs · rhs` with `accumulate`) in bf16 × bf16 → f32, `dst`
-/// row-major `[lhs.rows, rhs.cols]` with rows `dst_rs` scalars apart.
+/// row-major `[lhs.rows, rhs.cols]` with rows `dst_rs` scalars apart: on AMX tiles where
+/// [`amx`] says so, else with AVX-512 BF16.
 ///
 /// # Safety
 /// [`supported`] must be true; `dst` must hold the block (`(m−1)·dst_rs + n` scalars) and,
 /// with `accumulate`, be initialised there. The views must lie inside their slices.
 pub(super) unsafe fn gemm(
+    dst: &mut [MaybeUninit<f32>],
+    dst_rs: usize,
+    lhs: View,
+    rhs: View,
+    accumulate: bool,
+) {
+    #[cfg(target_os = "linux")]
+    if amx::enabled() {
+        // SAFETY: `enabled()`; the rest is this fn's contract.
+        unsafe { amx::gemm(dst, dst_rs, lhs, rhs, accumulate) };
+        return;
+    }
+    // SAFETY: this fn's contract.
+    unsafe { gemm_avx512(dst, dst_rs, lhs, rhs, accumulate) }
+}
+
+/// [`gemm`] with AVX-512 BF16's `vdpbf16ps`.
+///
+/// # Safety
+/// As [`gemm`].
+unsafe fn gemm_avx512(
     dst: &mut [MaybeUninit<f32>],
     dst_rs: usize,
     lhs: View,
@@ -337,14 +374,45 @@ mod tests {
         f64::from(v.data[i * v.rs + j * v.cs])
     }
 
-    /// Runs the bf16 gemm on `[m, k] · [k, n]` into a destination with 3 spare columns per
-    /// row (left untouched) and returns it with its row stride.
-    fn run(lhs: View, rhs: View, init: &[f32], accumulate: bool) -> (Vec<f32>, usize) {
+    /// The kernels this CPU runs: AVX-512 BF16, and AMX where [`amx`] is on.
+    fn kernels() -> Vec<Kernel> {
+        let mut kernels = vec![Kernel::Avx512];
+        if amx() {
+            kernels.push(Kernel::Amx);
+        } else {
+            eprintln!("no AMX on this CPU (or SIMCLR_AMX=0): AMX gemm not tested");
+        }
+        kernels
+    }
+
+    #[derive(Clone, Copy, Debug)]
+    enum Kernel {
+        Avx512,
+        Amx,
+    }
+
+    /// Runs a bf16 gemm kernel on `[m, k] · [k, n]` into a destination with 3 spare columns
+    /// per row (left untouched) and returns it with its row stride.
+    fn run(
+        kernel: Kernel,
+        lhs: View,
+        rhs: View,
+        init: &[f32],
+        accumulate: bool,
+    ) -> (Vec<f32>, usize) {
         let rs = rhs.cols + 3;
         let mut dst: Vec<MaybeUninit<f32>> = init.iter().map(|&x| MaybeUninit::new(x)).collect();
-        // SAFETY: the test runs only where supported; `dst` holds `m` rows of `rs ≥ n`
-        // initialised scalars.
-        unsafe { gemm(&mut dst, rs, lhs, rhs, accumulate) };
+        // SAFETY: the test runs only where supported (AMX where `amx()`); `dst` holds `m`
+        // rows of `rs ≥ n` initialised scalars.
+        unsafe {
+            match kernel {
+                Kernel::Avx512 => gemm_avx512(&mut dst, rs, lhs, rhs, accumulate),
+                #[cfg(target_os = "linux")]
+                Kernel::Amx => amx::gemm(&mut dst, rs, lhs, rhs, accumulate),
+                #[cfg(not(target_os = "linux"))]
+                Kernel::Amx => unreachable!("AMX is used on Linux only"),
+            }
+        }
         // SAFETY: every element was initialised above and stays so.
         (
             dst.into_iter()
@@ -354,7 +422,9 @@ mod tests {
         )
     }
 
-    const SHAPES: [(usize, usize, usize); 9] = [
+    /// Edges of both kernels' blocks: rows around 8, 16 and 32, columns around 16 and 32,
+    /// `k` around 128 and 256 pairs and odd.
+    const SHAPES: [(usize, usize, usize); 12] = [
         (1, 1, 1),
         (8, 2, 32),
         (7, 3, 15),
@@ -364,6 +434,9 @@ mod tests {
         (24, 300, 256),
         (3, 600, 5),
         (40, 31, 100),
+        (33, 513, 31),
+        (64, 1151, 64),
+        (70, 40, 97),
     ];
 
     #[test]
@@ -399,7 +472,10 @@ mod tests {
             return;
         }
         let mut rng = ChaCha8Rng::seed_from_u64(7);
-        for &(m, k, n) in &SHAPES {
+        for (kernel, &(m, k, n)) in kernels()
+            .into_iter()
+            .flat_map(|k| SHAPES.iter().map(move |s| (k, s)))
+        {
             // Integers in −4..=4 are exact in bf16, their products and these sums in f32.
             let mut ints = |len: usize| -> Vec<f32> {
                 (0..len)
@@ -415,7 +491,7 @@ mod tests {
                 (false, false, true, true),
             ] {
                 let (lhs, rhs) = (view(&a, m, k, ta, spread), view(&b, k, n, tb, spread));
-                let (got, rs) = run(lhs, rhs, &c0, accumulate);
+                let (got, rs) = run(kernel, lhs, rhs, &c0, accumulate);
                 for i in 0..m {
                     for j in 0..rs {
                         let want = if j >= n {
@@ -431,8 +507,8 @@ mod tests {
                         assert_eq!(
                             f64::from(got[i * rs + j]),
                             want,
-                            "[{m}, {k}]·[{k}, {n}] (transposed {ta}/{tb}, spread {spread}, \
-                             accumulate {accumulate}) at ({i}, {j})"
+                            "{kernel:?} [{m}, {k}]·[{k}, {n}] (transposed {ta}/{tb}, spread \
+                             {spread}, accumulate {accumulate}) at ({i}, {j})"
                         );
                     }
                 }
@@ -448,7 +524,10 @@ mod tests {
         }
         let mut rng = ChaCha8Rng::seed_from_u64(11);
         let mut worst = 0.0f64;
-        for &(m, k, n) in &SHAPES {
+        for (kernel, &(m, k, n)) in kernels()
+            .into_iter()
+            .flat_map(|k| SHAPES.iter().map(move |s| (k, s)))
+        {
             let mut randn = |len: usize| -> Vec<f32> {
                 (0..len)
                     .map(|_| rng.sample::<f32, _>(rand_distr::StandardNormal))
@@ -456,7 +535,7 @@ mod tests {
             };
             let (a, b) = (randn(m * k), randn(k * n));
             let (lhs, rhs) = (view(&a, m, k, false, false), view(&b, k, n, false, false));
-            let (got, rs) = run(lhs, rhs, &vec![0.0; m * (n + 3)], false);
+            let (got, rs) = run(kernel, lhs, rhs, &vec![0.0; m * (n + 3)], false);
             let mut rounded_anywhere = false;
             for i in 0..m {
                 for j in 0..n {
@@ -470,7 +549,7 @@ mod tests {
                     let err = (f64::from(got[i * rs + j]) - exact).abs();
                     assert!(
                         err <= bound,
-                        "[{m}, {k}]·[{k}, {n}] at ({i}, {j}): {err} > {bound}"
+                        "{kernel:?} [{m}, {k}]·[{k}, {n}] at ({i}, {j}): {err} > {bound}"
                     );
                     worst = worst.max(err / abs.max(f64::MIN_POSITIVE));
                     rounded_anywhere |= err > k as f64 * 2f64.powi(-24) * abs;
@@ -479,7 +558,7 @@ mod tests {
             // Random normals are not bf16 numbers: the inputs were rounded.
             assert!(
                 rounded_anywhere || k < 2,
-                "[{m}, {k}]·[{k}, {n}] looks like an f32 gemm"
+                "{kernel:?} [{m}, {k}]·[{k}, {n}] looks like an f32 gemm"
             );
         }
         eprintln!("worst error relative to Σ|a·b|: {worst:.2e} (bound 2.01·2⁻⁸ = 7.9e-3)");
