@@ -1,20 +1,22 @@
 //! Times one convolution's forward and backward passes (`simclr_model::conv::conv2d` on the
-//! CPU): `bench_conv N C H O K STRIDE [REPEATS]`, median milliseconds of each pass.
+//! CPU): `bench_conv N C H O K STRIDE [REPEATS] [bf16]`, median milliseconds of each pass;
+//! `bf16` runs the gemms in bf16 (`conv::set_bf16_gemm`).
 
 use std::time::Instant;
 
 use candle_core::{Device, Tensor, Var};
 
 fn main() -> candle_core::Result<()> {
-    let a: Vec<usize> = std::env::args()
-        .skip(1)
-        .map(|s| {
-            s.parse()
-                .expect("usage: bench_conv N C H O K STRIDE [REPEATS]")
-        })
-        .collect();
+    let usage = "usage: bench_conv N C H O K STRIDE [REPEATS] [bf16]";
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let bf16 = args.last().is_some_and(|a| a == "bf16");
+    if bf16 {
+        args.pop();
+    }
+    simclr_model::conv::set_bf16_gemm(bf16)?;
+    let a: Vec<usize> = args.iter().map(|s| s.parse().expect(usage)).collect();
     let [n, c, h, o, k, s] = a[..6] else {
-        panic!("usage: bench_conv N C H O K STRIDE [REPEATS]")
+        panic!("{usage}")
     };
     let reps = a.get(6).copied().unwrap_or(20);
     let dev = Device::Cpu;

@@ -110,15 +110,21 @@ pub(in crate::conv) unsafe fn gemm(
         for p0 in (0..pairs).step_by(KCP) {
             let kcp = KCP.min(pairs - p0).next_multiple_of(TK);
             let (k0, k1) = (2 * p0, (2 * (p0 + KCP)).min(k));
-            pt.resize(m_panels * MR * kcp, 0);
+            if lhs.cs != 1 {
+                pt.resize(m_panels * MR * kcp, 0);
+            }
             pa.resize(m_panels * MR * kcp, 0);
             pb.resize(n_panels * NR * kcp, 0);
             // SAFETY: `supported()` (implied by `enabled()`); the views lie inside their
             // slices (this fn's contract).
             unsafe {
-                pack(pt, lhs.data, (m, lhs.rs, lhs.cs), k0, k1, kcp, MR);
+                if lhs.cs == 1 {
+                    pack_rows(pa, lhs.data, lhs.rs, m, k0, k1, kcp);
+                } else {
+                    pack(pt, lhs.data, (m, lhs.rs, lhs.cs), k0, k1, kcp, MR);
+                    to_rows(pt, pa, kcp);
+                }
                 pack(pb, rhs.data, (n, rhs.cs, rhs.rs), k0, k1, kcp, NR);
-                to_rows(pt, pa, kcp);
             }
             let acc = accumulate || p0 > 0;
             for jp in 0..n_panels {
@@ -141,6 +147,56 @@ pub(in crate::conv) unsafe fn gemm(
         // SAFETY: AMX is enabled; releasing the tiles returns them to their initial state.
         unsafe { asm!("tilerelease", options(nostack, nomem)) };
     });
+}
+
+/// Packs the rows of a matrix with contiguous rows (element `(l, k)` at `data[l·rs + k]`,
+/// `l < rows`) straight into the row layout, `[rows / MR][MR][kcp]` words each holding the
+/// pair `(x[l][k], x[l][k+1])`, `k = k0 + 2p`: 32 scalars converted by one `vcvtne2ps2bf16`.
+/// Zero beyond `rows` and `k1`.
+///
+/// # Safety
+/// [`super::supported`]; `kcp` is a multiple of 16, `out` holds whole panels, and every
+/// element `(l, k)`, `l < rows`, `k < k1`, lies inside `data`.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn pack_rows(
+    out: &mut [u32],
+    data: &[f32],
+    rs: usize,
+    rows: usize,
+    k0: usize,
+    k1: usize,
+    kcp: usize,
+) {
+    assert!(kcp.is_multiple_of(TK) && out.len().is_multiple_of(MR * kcp));
+    for (l, row) in out.chunks_exact_mut(kcp).enumerate() {
+        for p1 in (0..kcp).step_by(16) {
+            let k = k0 + 2 * p1;
+            let count = if l < rows {
+                k1.saturating_sub(k).min(32)
+            } else {
+                0
+            };
+            let v = if count == 0 {
+                _mm512_setzero_si512()
+            } else {
+                let m_lo = ((1u64 << count.min(16)) - 1) as __mmask16;
+                let m_hi = ((1u64 << count.saturating_sub(16)) - 1) as __mmask16;
+                let at = data[l * rs + k..].as_ptr();
+                // SAFETY: the first `count` scalars from `at` are elements `(l, k..)` with
+                // `k < k1`, inside `data` (this fn's contract, and the slice above is in
+                // bounds); masked-off lanes are not read. `__m512bh` and `__m512i` are the
+                // same 512 bits.
+                unsafe {
+                    std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(
+                        _mm512_maskz_loadu_ps(m_hi, at.add(16)),
+                        _mm512_maskz_loadu_ps(m_lo, at),
+                    ))
+                }
+            };
+            // SAFETY: `p1 + 16 ≤ kcp`, the row's length.
+            unsafe { _mm512_storeu_si512(row[p1..].as_mut_ptr().cast(), v) };
+        }
+    }
 }
 
 /// Rewrites panels packed `[kcp][MR]` (pairs outer) as `[MR][kcp]` (rows outer), 16 × 16
