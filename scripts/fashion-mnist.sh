@@ -6,10 +6,11 @@
 # The recipe fits an hour of pretraining on a 2-core VM: on a CPU with AVX-512 BF16 (Intel
 # Sapphire Rapids or later, AMD Zen 4 or later) ResNet-50 3/8 width for 4 epochs with
 # --precision bf16 (54 minutes on the README's EPYC, probe 90.8%); elsewhere ResNet-50 1/4
-# width for 5 epochs in f32 (33-46 minutes there, 89.6-90.0%). On the README's Sapphire
-# Rapids-class Xeon VM bf16 products made the step slower, not faster (README, --precision
-# bf16): there PRECISION=f32 WIDTH=0.25 EPOCHS=5 is the recipe that fits. WIDTH, EPOCHS and
-# PRECISION override the choice; ARCH, BATCH, LR, LOSS (ntxent, dcl, dclw), TEMPERATURE,
+# width for 5 epochs in f32 (33-46 minutes there, 89.6-90.0%). On Intel CPUs the bf16
+# products run on AMX tiles (README, --precision bf16); on the slower Sapphire Rapids-class
+# Xeon VMs of the README the 4-epoch 3/8-width recipe still takes longer than an hour (about
+# 100 views/s, 20 minutes an epoch), and PRECISION=bf16 WIDTH=0.25 EPOCHS=5 is the recipe that
+# fits there. WIDTH, EPOCHS and PRECISION override the choice; ARCH, BATCH, LR, LOSS (ntxent, dcl, dclw), TEMPERATURE,
 # MIN_CROP, JITTER, STEM and WARMUP the rest of the recipe.
 #
 # Usage: bash scripts/fashion-mnist.sh            (recipe above, then evaluation)

@@ -158,7 +158,8 @@ pub struct PretrainArgs {
     /// Arithmetic of the step: f32, or bf16 (with --device cuda: bf16 activations,
     /// convolutions and matrix products, f32 weights, optimiser, loss and BatchNorm
     /// statistics; on a CPU with AVX-512 BF16: the convolutions' products in bf16, summed in
-    /// f32, everything else f32; checkpoints stay f32) [default: f32].
+    /// f32, on AMX tiles where the CPU has them (SIMCLR_AMX=0: not), everything else f32;
+    /// checkpoints stay f32) [default: f32].
     #[arg(long, value_name = "f32|bf16")]
     pub precision: Option<Precision>,
     /// Read the loss back from the device every this many steps (each step still gets its
@@ -694,8 +695,8 @@ fn run_on(args: &PretrainArgs, comm: &simclr_dist::Comm) -> anyhow::Result<()> {
         );
     }
     eprintln!(
-        "pretraining {} ({} encoder parameters) on {} ({} images, {} steps an epoch), {} epochs, \
-         batch {}, {} lr {:.4}, {} τ={}, {} threads",
+        "pretraining {} ({} encoder parameters) on {} ({} images, {} steps an epoch), {} epoch{}, \
+         batch {}, {} lr {:.4}, {} τ={}, {}, {} threads",
         model.config().describe(),
         model.num_params(true),
         c.data.as_ref().map_or_else(
@@ -705,11 +706,13 @@ fn run_on(args: &PretrainArgs, comm: &simclr_dist::Comm) -> anyhow::Result<()> {
         trainer.steps_per_epoch() as usize * c.batch_size,
         trainer.steps_per_epoch(),
         c.epochs,
+        if c.epochs == 1 { "" } else { "s" },
         c.batch_size,
         c.optimizer,
         trainer.schedule().peak,
         c.loss,
         c.temperature,
+        describe_precision(c.precision, device.is_cpu()),
         candle_core::utils::get_num_threads(),
     );
     if args.resume.is_some() {
@@ -835,4 +838,15 @@ fn run_on(args: &PretrainArgs, comm: &simclr_dist::Comm) -> anyhow::Result<()> {
         return Err(crate::Interrupted.into());
     }
     Ok(())
+}
+
+/// The step's arithmetic as the startup line names it: on the CPU, which instructions carry
+/// the bf16 products.
+fn describe_precision(precision: Precision, cpu: bool) -> &'static str {
+    match precision {
+        Precision::F32 => "f32",
+        Precision::Bf16 if !cpu => "bf16",
+        Precision::Bf16 if simclr_model::conv::bf16_gemm_amx() => "bf16 products on AMX tiles",
+        Precision::Bf16 => "bf16 products with AVX-512 BF16",
+    }
 }
