@@ -53,8 +53,10 @@ fn to_bf16(x: f32) -> u32 {
 }
 
 thread_local! {
-    /// This thread's packed panels of `A` and `B`, grown as needed and kept between calls.
-    static PACKS: RefCell<(Vec<u32>, Vec<u32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    /// This thread's packed panels of `A` and `B`, and a scratch panel (AMX's `A` before its
+    /// transpose), grown as needed and kept between calls.
+    static PACKS: RefCell<(Vec<u32>, Vec<u32>, Vec<u32>)> =
+        const { RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
 }
 
 /// Whether the gemm runs on AMX tiles ([`amx`]) rather than AVX-512 BF16 instructions.
@@ -104,38 +106,93 @@ unsafe fn gemm_avx512(
     rhs: View,
     accumulate: bool,
 ) {
-    let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
-    let pairs = k.div_ceil(2);
-    let (m_panels, n_panels) = (m.div_ceil(MR), n.div_ceil(NR));
+    let blocking = Blocking {
+        mr: MR,
+        kcp: KCP,
+        pad: 1,
+    };
     PACKS.with(|cell| {
-        let mut packs = cell.borrow_mut();
-        let (pa, pb) = &mut *packs;
-        for p0 in (0..pairs).step_by(KCP) {
-            let kcp = KCP.min(pairs - p0);
-            let (k0, k1) = (2 * p0, (2 * (p0 + kcp)).min(k));
-            pa.resize(m_panels * MR * kcp, 0);
-            pb.resize(n_panels * NR * kcp, 0);
-            // SAFETY: `supported()` (this fn's contract); the views lie inside their slices.
-            unsafe {
-                pack(pa, lhs.data, (m, lhs.rs, lhs.cs), k0, k1, kcp, MR);
-                pack(pb, rhs.data, (n, rhs.cs, rhs.rs), k0, k1, kcp, NR);
-            }
-            let acc = accumulate || p0 > 0;
-            for jp in 0..n_panels {
-                let cols = NR.min(n - jp * NR);
-                let b = &pb[jp * NR * kcp..][..NR * kcp];
-                for ip in 0..m_panels {
-                    let rows = MR.min(m - ip * MR);
-                    let a = &pa[ip * MR * kcp..][..MR * kcp];
-                    let c = &mut dst[ip * MR * dst_rs + jp * NR..];
-                    // SAFETY: `supported()`; the tile's `rows` rows of `cols` scalars, `dst_rs`
-                    // apart, lie inside `dst` (this fn's contract), and are initialised when
-                    // read (`acc`: the caller's `accumulate`, or written by the block before).
-                    unsafe { kernel(kcp, a, b, c, dst_rs, rows, cols, acc) };
-                }
-            }
+        let (pa, pb, _) = &mut *cell.borrow_mut();
+        // SAFETY: this fn's contract (`supported()`, views inside their slices, `dst` holding
+        // the block); `pack` and `kernel` are called within what `blocked` promises.
+        unsafe {
+            blocked(
+                (dst, dst_rs),
+                lhs,
+                rhs,
+                accumulate,
+                &blocking,
+                (pa, pb),
+                |pa, (k0, k1, kcp)| pack(pa, lhs.data, (lhs.rows, lhs.rs, lhs.cs), k0, k1, kcp, MR),
+                |a, b, kcp, (c, rows, cols), acc| kernel(kcp, a, b, c, dst_rs, rows, cols, acc),
+            )
         }
     });
+}
+
+/// How [`blocked`] cuts the product: `k` in blocks of at most `kcp` pairs, each padded with
+/// zero pairs to a multiple of `pad`; the left operand in panels of `mr` rows, the right in
+/// panels of [`NR`] columns.
+struct Blocking {
+    mr: usize,
+    kcp: usize,
+    pad: usize,
+}
+
+/// The loop both kernels share: per block of `k`, the left operand's panels packed by
+/// `pack_a(out, (k0, k1, kcp))` (`kcp` padded pairs of `k0..k1`, `out` sized for
+/// `⌈m / mr⌉` panels), the right operand's by [`pack`]; then `tile(a, b, kcp, (c, rows,
+/// cols), accumulate)` for every pair of panels, `c` starting at the block's first scalar in
+/// `dst` (rows `dst_rs` apart), to be accumulated into after the first block of `k`.
+///
+/// # Safety
+/// As [`gemm`]; `pack_a` must fill its panels, and `tile` may rely on `a` holding `mr · kcp`
+/// words, `b` `kcp · NR`, and `c` its `rows` rows of `cols` scalars (initialised when
+/// accumulating).
+#[allow(clippy::too_many_arguments)]
+unsafe fn blocked(
+    (dst, dst_rs): (&mut [MaybeUninit<f32>], usize),
+    lhs: View,
+    rhs: View,
+    accumulate: bool,
+    blocking: &Blocking,
+    (pa, pb): (&mut Vec<u32>, &mut Vec<u32>),
+    mut pack_a: impl FnMut(&mut [u32], (usize, usize, usize)),
+    mut tile: impl FnMut(&[u32], &[u32], usize, (&mut [MaybeUninit<f32>], usize, usize), bool),
+) {
+    let Blocking { mr, kcp: kc, pad } = *blocking;
+    let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
+    let pairs = k.div_ceil(2);
+    let (m_panels, n_panels) = (m.div_ceil(mr), n.div_ceil(NR));
+    for p0 in (0..pairs).step_by(kc) {
+        let real = kc.min(pairs - p0);
+        let kcp = real.next_multiple_of(pad);
+        let (k0, k1) = (2 * p0, (2 * (p0 + real)).min(k));
+        pa.resize(m_panels * mr * kcp, 0);
+        pb.resize(n_panels * NR * kcp, 0);
+        pack_a(pa, (k0, k1, kcp));
+        // SAFETY: `supported()` and the view inside its slice (this fn's contract).
+        unsafe { pack(pb, rhs.data, (n, rhs.cs, rhs.rs), k0, k1, kcp, NR) };
+        let acc = accumulate || p0 > 0;
+        for jp in 0..n_panels {
+            let cols = NR.min(n - jp * NR);
+            let b = &pb[jp * NR * kcp..][..NR * kcp];
+            for ip in 0..m_panels {
+                let rows = mr.min(m - ip * mr);
+                let a = &pa[ip * mr * kcp..][..mr * kcp];
+                // The block's `rows` rows of `cols` scalars, `dst_rs` apart, lie inside `dst`
+                // (this fn's contract), initialised where `acc` reads them (the caller's
+                // `accumulate`, or written by the block of `k` before).
+                tile(
+                    a,
+                    b,
+                    kcp,
+                    (&mut dst[ip * mr * dst_rs + jp * NR..], rows, cols),
+                    acc,
+                );
+            }
+        }
+    }
 }
 
 /// Packs the pairs `(x[l][k], x[l][k+1])`, `k = k0 + 2p` for `p < kcp`, of a matrix `x`

@@ -15,11 +15,10 @@
 
 use std::arch::asm;
 use std::arch::x86_64::*;
-use std::cell::RefCell;
 use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 
-use super::{NR, View, pack, transpose16};
+use super::{Blocking, NR, PACKS, View, blocked, pack, transpose16};
 
 /// Rows of `C` per block (two tiles).
 const MR: usize = 32;
@@ -80,12 +79,6 @@ const CONFIG: TileConfig = {
 #[repr(C, align(64))]
 struct Block([f32; MR * NR]);
 
-thread_local! {
-    /// This thread's packed panels of `A` (row layout), `A` before its transpose, and `B`.
-    static PACKS: RefCell<(Vec<u32>, Vec<u32>, Vec<u32>)> =
-        const { RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
-}
-
 /// `dst = lhs · rhs` (`dst += lhs · rhs` with `accumulate`) in bf16 × bf16 → f32 on AMX.
 ///
 /// # Safety
@@ -98,51 +91,41 @@ pub(in crate::conv) unsafe fn gemm(
     rhs: View,
     accumulate: bool,
 ) {
-    let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
-    let pairs = k.div_ceil(2);
-    let (m_panels, n_panels) = (m.div_ceil(MR), n.div_ceil(NR));
+    let blocking = Blocking {
+        mr: MR,
+        kcp: KCP,
+        pad: TK,
+    };
     let mut block = Block([0.0; MR * NR]);
     PACKS.with(|cell| {
-        let mut packs = cell.borrow_mut();
-        let (pa, pt, pb) = &mut *packs;
+        let (pa, pb, pt) = &mut *cell.borrow_mut();
         // SAFETY: `enabled()`: the CPU has AMX and this process may use the tiles.
         unsafe { asm!("ldtilecfg [{}]", in(reg) CONFIG.0.as_ptr(), options(nostack, readonly)) };
-        for p0 in (0..pairs).step_by(KCP) {
-            let kcp = KCP.min(pairs - p0).next_multiple_of(TK);
-            let (k0, k1) = (2 * p0, (2 * (p0 + KCP)).min(k));
-            if lhs.cs != 1 {
-                pt.resize(m_panels * MR * kcp, 0);
-            }
-            pa.resize(m_panels * MR * kcp, 0);
-            pb.resize(n_panels * NR * kcp, 0);
-            // SAFETY: `supported()` (implied by `enabled()`); the views lie inside their
-            // slices (this fn's contract).
-            unsafe {
-                if lhs.cs == 1 {
-                    pack_rows(pa, lhs.data, lhs.rs, m, k0, k1, kcp);
-                } else {
-                    pack(pt, lhs.data, (m, lhs.rs, lhs.cs), k0, k1, kcp, MR);
-                    to_rows(pt, pa, kcp);
-                }
-                pack(pb, rhs.data, (n, rhs.cs, rhs.rs), k0, k1, kcp, NR);
-            }
-            let acc = accumulate || p0 > 0;
-            for jp in 0..n_panels {
-                let cols = NR.min(n - jp * NR);
-                let b = &pb[jp * NR * kcp..][..NR * kcp];
-                for ip in 0..m_panels {
-                    let rows = MR.min(m - ip * MR);
-                    let a = &pa[ip * MR * kcp..][..MR * kcp];
-                    // SAFETY: `enabled()`, tiles configured above; `a` and `b` hold the
-                    // panels `tiles` reads.
-                    unsafe { tiles(a, b, kcp, rows > 16, &mut block) };
-                    let c = &mut dst[ip * MR * dst_rs + jp * NR..];
-                    // SAFETY: the block's `rows` rows of `cols` scalars, `dst_rs` apart, lie
-                    // inside `dst` (this fn's contract) and are initialised where `acc`
-                    // reads them (the caller's `accumulate`, or written by the k-block before).
-                    unsafe { store(&block, c, dst_rs, rows, cols, acc) };
-                }
-            }
+        // SAFETY: this fn's contract (`enabled()` implies `supported()`; the views lie inside
+        // their slices; `dst` holds the block); `blocked` pads `kcp` to a multiple of `TK`
+        // and hands `tiles` whole panels and `store` the block's part of `dst`.
+        unsafe {
+            blocked(
+                (dst, dst_rs),
+                lhs,
+                rhs,
+                accumulate,
+                &blocking,
+                (pa, pb),
+                |pa, (k0, k1, kcp)| {
+                    if lhs.cs == 1 {
+                        pack_rows(pa, lhs.data, lhs.rs, lhs.rows, k0, k1, kcp);
+                    } else {
+                        pt.resize(pa.len(), 0);
+                        pack(pt, lhs.data, (lhs.rows, lhs.rs, lhs.cs), k0, k1, kcp, MR);
+                        to_rows(pt, pa, kcp);
+                    }
+                },
+                |a, b, kcp, (c, rows, cols), acc| {
+                    tiles(a, b, kcp, rows > 16, &mut block);
+                    store(&block, c, dst_rs, rows, cols, acc);
+                },
+            )
         }
         // SAFETY: AMX is enabled; releasing the tiles returns them to their initial state.
         unsafe { asm!("tilerelease", options(nostack, nomem)) };
