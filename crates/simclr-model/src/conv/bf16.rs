@@ -378,10 +378,31 @@ unsafe fn kernel(
             }
         }
     }
+    // SAFETY: `supported()`; `c` as `store_rows` needs it (this fn's contract, asserted).
+    unsafe { store_rows(c, c_rs, rows, cols, accumulate, |r| (lo[r], hi[r])) };
+}
+
+/// `c[..rows, ..cols] (+)= x`, row `r` of `x` being the two 16-lane halves `row(r)` returns:
+/// masked to the row's `cols` scalars, added to what is there with `accumulate`. The end of
+/// both kernels.
+///
+/// # Safety
+/// [`supported`]; `c` holds `rows` rows of `cols ≤ 32` scalars `c_rs` apart, initialised
+/// where `accumulate` reads them.
+#[target_feature(enable = "avx512f")]
+unsafe fn store_rows(
+    c: &mut [MaybeUninit<f32>],
+    c_rs: usize,
+    rows: usize,
+    cols: usize,
+    accumulate: bool,
+    mut row: impl FnMut(usize) -> (__m512, __m512),
+) {
+    assert!(cols <= NR && (rows == 0 || (rows - 1) * c_rs + cols <= c.len()));
     let mask = |w: usize| -> __mmask16 { ((1u32 << w.min(16)) - 1) as u16 };
     let (m0, m1) = (mask(cols), mask(cols.saturating_sub(16)));
     for r in 0..rows {
-        let row = c[r * c_rs..].as_mut_ptr().cast::<f32>();
+        let at = c[r * c_rs..].as_mut_ptr().cast::<f32>();
         let store = |at: *mut f32, m: __mmask16, v: __m512| {
             // SAFETY: lanes under `m` are among the row's `cols` scalars (inside `c`,
             // asserted) and initialised when `accumulate` reads them.
@@ -394,10 +415,11 @@ unsafe fn kernel(
                 _mm512_mask_storeu_ps(at, m, v);
             }
         };
-        store(row, m0, lo[r]);
+        let (lo, hi) = row(r);
+        store(at, m0, lo);
         if cols > 16 {
             // SAFETY: `cols > 16`, so the second half's first scalar is in the row.
-            store(unsafe { row.add(16) }, m1, hi[r]);
+            store(unsafe { at.add(16) }, m1, hi);
         }
     }
 }

@@ -18,7 +18,7 @@ use std::arch::x86_64::*;
 use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 
-use super::{Blocking, NR, PACKS, View, blocked, pack, transpose16};
+use super::{Blocking, NR, PACKS, View, blocked, pack, store_rows, transpose16};
 
 /// Rows of `C` per block (two tiles).
 const MR: usize = 32;
@@ -306,27 +306,13 @@ unsafe fn store(
     cols: usize,
     accumulate: bool,
 ) {
-    assert!(rows <= MR && cols <= NR && (rows == 0 || (rows - 1) * c_rs + cols <= c.len()));
-    let mask = |w: usize| -> __mmask16 { ((1u32 << w.min(16)) - 1) as u16 };
-    let (m0, m1) = (mask(cols), mask(cols.saturating_sub(16)));
-    for r in 0..rows {
-        let row = c[r * c_rs..].as_mut_ptr().cast::<f32>();
-        for (half, m) in [(0, m0), (16, m1)] {
-            if half >= cols {
-                break;
-            }
-            // SAFETY: lanes under `m` are among the row's `cols` scalars (inside `c`,
-            // asserted), initialised when `accumulate` reads them; `block` holds row `r`.
-            unsafe {
-                let at = row.add(half);
-                let v = _mm512_loadu_ps(block.0[r * NR + half..].as_ptr());
-                let v = if accumulate {
-                    _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, at))
-                } else {
-                    v
-                };
-                _mm512_mask_storeu_ps(at, m, v);
-            }
-        }
+    assert!(rows <= MR);
+    // SAFETY: `supported()` and `c` as `store_rows` needs it (this fn's contract); `block`
+    // holds row `r < MR` from `r · NR`, 32 scalars.
+    unsafe {
+        store_rows(c, c_rs, rows, cols, accumulate, |r| {
+            let at = block.0[r * NR..][..NR].as_ptr();
+            (_mm512_loadu_ps(at), _mm512_loadu_ps(at.add(16)))
+        })
     }
 }
