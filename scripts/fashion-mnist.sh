@@ -56,13 +56,15 @@ if [ ! -e "$OUT/last.safetensors" ] && [ -z "${WIDTH:-}${EPOCHS:-}" ]; then
     timing=$(mktemp -d)
     "$SIMCLR" pretrain --data "$DATA" --out "$timing/run" --threads "$THREADS" --arch "$ARCH" \
         --stem "$STEM" --width 0.375 --image-size 28 --batch-size "$BATCH" --epochs 4 \
-        --max-steps 12 --optimizer lars --precision "$PRECISION" -q >/dev/null 2>"$timing/log" ||
-        { cat "$timing/log" >&2; exit 1; }
-    minutes=$(grep -o '"views_per_s":[0-9.e+-]*' "$timing/run/metrics.jsonl" | cut -d: -f2 |
-        tail -n 10 | sort -g | awk -v batch="$BATCH" '
+        --max-steps 12 --optimizer lars --loss "$LOSS" --precision "$PRECISION" -q \
+        >/dev/null 2>"$timing/log" || { cat "$timing/log" >&2; exit 1; }
+    metrics="$timing/run/metrics.jsonl"
+    per_epoch=$(grep -o -m 1 '"steps_per_epoch":[0-9]*' "$metrics" | head -n 1 | cut -d: -f2)
+    minutes=$(grep -o '"views_per_s":[0-9.e+-]*' "$metrics" | cut -d: -f2 | tail -n 10 |
+        sort -g | awk -v batch="$BATCH" -v per_epoch="$per_epoch" '
             { v[NR] = $1 }
-            END { med = v[int((NR + 1) / 2)]; steps = 4 * int(60000 / batch)
-                  printf "%.0f", steps * 2 * batch / med / 60 }')
+            END { med = v[int((NR + 1) / 2)]
+                  printf "%.0f", 4 * per_epoch * 2 * batch / med / 60 }')
     rm -rf "$timing"
     if [ "${minutes:-0}" -gt 0 ] && [ "$minutes" -le "$BUDGET_MINUTES" ]; then
         WIDTH=0.375 EPOCHS=4
