@@ -750,6 +750,88 @@ fn export_inspect_embed_and_evaluate_a_pretrained_encoder() {
         2,
         "features cached once per split"
     );
+
+    // Another image size: other features, cached apart from the training size's.
+    let knn_at = |size: &str| {
+        let out = simclr(
+            &[
+                "knn",
+                "--checkpoint",
+                "enc.safetensors",
+                "--json",
+                "--cache-dir",
+                "cache",
+                "--image-size",
+                size,
+            ],
+            dir.path(),
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let v = knn_at("24");
+    assert_eq!(v["image_size"], 24);
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("cache")).unwrap().count(),
+        4,
+        "features at 24 px cached apart"
+    );
+    assert_eq!(knn_at("24"), v, "the cached 24 px features reused");
+    assert_eq!(
+        knn_at("16")["knn_top1"],
+        knn_top1,
+        "16 px is the training size"
+    );
+    for (size, message) in [
+        ("0", "--image-size"),
+        ("16,24", "knn takes one --image-size"),
+    ] {
+        let out = simclr(
+            &[
+                "knn",
+                "--checkpoint",
+                "enc.safetensors",
+                "--image-size",
+                size,
+            ],
+            dir.path(),
+        );
+        assert!(!out.status.success(), "{size}");
+        assert!(stderr(&out).contains(message), "{}", stderr(&out));
+    }
+
+    // The probe picks the size of the best held-out accuracy, and reports that size's fit.
+    let probe_at = |sizes: &str| {
+        let out = simclr(
+            &[
+                "linear-probe",
+                "--checkpoint",
+                "enc.safetensors",
+                "--json",
+                "--cache-dir",
+                "cache",
+                "--image-size",
+                sizes,
+            ],
+            dir.path(),
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let both = probe_at("16,24");
+    let held_out = both["val_top1_by_image_size"].as_array().unwrap().clone();
+    assert_eq!(held_out.len(), 2, "{both}");
+    let best = if held_out[1][1].as_f64() > held_out[0][1].as_f64() {
+        &held_out[1]
+    } else {
+        &held_out[0]
+    };
+    assert_eq!(both["image_size"], best[0], "{both}");
+    let alone = probe_at(&best[0].to_string());
+    for key in ["top1", "l2", "train_top1", "val_top1"] {
+        assert_eq!(both[key], alone[key], "{key}");
+    }
+    assert_eq!(alone["val_top1_by_image_size"][0], *best);
 }
 
 #[test]

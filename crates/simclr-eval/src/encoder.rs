@@ -185,6 +185,29 @@ impl Encoder {
         &self.preprocess
     }
 
+    /// The side images are resized to before the forward pass: the training size unless
+    /// [`Encoder::set_image_size`] changed it.
+    pub fn image_size(&self) -> u32 {
+        self.preprocess.height
+    }
+
+    /// Resizes images to `size × size` from now on instead of the training size. The
+    /// convolutions and the global average pool take any size, and an encoder trained on
+    /// random resized crops, which show objects larger than whole images do, often gives
+    /// better features a little above its training size (Touvron et al. 2019, "Fixing the
+    /// train-test resolution discrepancy"). [`Encoder::save`] records the new size.
+    ///
+    /// # Errors
+    /// `size` is 0.
+    pub fn set_image_size(&mut self, size: u32) -> Result<(), EvalError> {
+        if size == 0 {
+            return Err(EvalError::Shape("the image size must be positive".into()));
+        }
+        self.preprocess.height = size;
+        self.preprocess.width = size;
+        Ok(())
+    }
+
     /// The metadata of the file it was loaded from (empty when built in memory).
     pub fn metadata(&self) -> &BTreeMap<String, String> {
         &self.metadata

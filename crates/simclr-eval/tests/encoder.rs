@@ -90,6 +90,48 @@ fn export_then_load_gives_the_in_memory_features() {
 }
 
 #[test]
+fn another_image_size_embeds_the_images_resized_to_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let ds = sample::fashion_mnist(Split::Test).unwrap();
+    let images: Vec<_> = (0..8).map(|i| ds.get(i).unwrap().image).collect();
+    let refs: Vec<_> = images.iter().collect();
+    let mut encoder = Encoder::new(trained_model(), 16, vec![0.286], vec![0.353]);
+    let at16 = encoder.embed(&refs).unwrap();
+    assert!(matches!(
+        encoder.set_image_size(0),
+        Err(EvalError::Shape(_))
+    ));
+    assert_eq!(encoder.image_size(), 16);
+
+    encoder.set_image_size(24).unwrap();
+    assert_eq!(encoder.image_size(), 24);
+    let x = encoder.preprocess().eval_batch(&refs).unwrap();
+    assert_eq!(x.shape, [8, 1, 24, 24]);
+    let at24 = encoder.embed(&refs).unwrap();
+    assert_eq!(at24.len(), at16.len(), "the same feature width");
+    let direct = encoder
+        .forward(&Tensor::from_vec(x.data, x.shape.as_slice(), &Device::Cpu).unwrap())
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    assert_eq!(at24, direct);
+    let moved = at16.iter().zip(&at24).filter(|(a, b)| a != b).count();
+    assert!(
+        moved > at16.len() / 2,
+        "{moved} of {} features moved",
+        at16.len()
+    );
+
+    // Saved weights carry the size they were last set to use.
+    let path = dir.path().join("enc.safetensors");
+    encoder.save(&path, false).unwrap();
+    let loaded = Encoder::from_safetensors(&path, &Device::Cpu).unwrap();
+    assert_eq!(loaded.image_size(), 24);
+}
+
+#[test]
 fn bad_weight_files_get_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("enc.safetensors");

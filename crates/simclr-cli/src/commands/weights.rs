@@ -180,6 +180,10 @@ pub struct EmbedArgs {
     /// `.index.csv` beside it) or `.csv` (one row per image).
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
+    /// Resize images to PX × PX instead of the encoder's training size (as `linear-probe
+    /// --image-size`).
+    #[arg(long, value_name = "PX", value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub image_size: Option<u32>,
     /// Threads [default: all cores].
     #[arg(long)]
     pub threads: Option<usize>,
@@ -203,7 +207,10 @@ pub fn embed(args: &EmbedArgs) -> anyhow::Result<()> {
         )
     };
     let weights = checkpoint_path(&args.weights);
-    let encoder = Encoder::from_safetensors(&weights, &dev)?;
+    let mut encoder = Encoder::from_safetensors(&weights, &dev)?;
+    if let Some(size) = args.image_size {
+        encoder.set_image_size(size)?;
+    }
     let ds = args.data.open()?;
     check_channels(&encoder, &ds)?;
     let bar = crate::progress_bar(ds.len() as u64, "embedding");
@@ -222,6 +229,7 @@ pub fn embed(args: &EmbedArgs) -> anyhow::Result<()> {
                 .map_or(String::new(), |p| p.display().to_string()),
         ),
         ("split".into(), args.data.split.to_string()),
+        ("image_size".into(), encoder.image_size().to_string()),
     ]);
     write_embeddings(&args.out, ext, &h, dim, &ds, source)?;
     eprintln!(
