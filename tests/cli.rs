@@ -701,21 +701,24 @@ fn export_inspect_embed_and_evaluate_a_pretrained_encoder() {
         simclr_eval::DEFAULT_TEMPERATURE,
     )
     .unwrap();
+    // `cmd --json` on the encoder, its features cached in `cache`, with `extra` flags.
+    let run = |cmd: &str, extra: &[&str]| {
+        let mut args = vec![
+            cmd,
+            "--checkpoint",
+            "enc.safetensors",
+            "--json",
+            "--cache-dir",
+            "cache",
+        ];
+        args.extend(extra);
+        let out = simclr(&args, dir.path());
+        assert!(out.status.success(), "{cmd}: {}", stderr(&out));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
     let (mut knn_top1, mut probe_top1) = (f64::NAN, f64::NAN);
     for (cmd, key) in [("linear-probe", "top1"), ("knn", "knn_top1")] {
-        let out = simclr(
-            &[
-                cmd,
-                "--checkpoint",
-                "enc.safetensors",
-                "--json",
-                "--cache-dir",
-                "cache",
-            ],
-            dir.path(),
-        );
-        assert!(out.status.success(), "{cmd}: {}", stderr(&out));
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let v = run(cmd, &[]);
         let acc = v[key].as_f64().unwrap();
         // That pretraining beats a random encoder is
         // `pretraining_beats_random_encoders_on_knn_for_every_seed`; here, that the commands
@@ -752,23 +755,8 @@ fn export_inspect_embed_and_evaluate_a_pretrained_encoder() {
     );
 
     // Another image size: other features, cached apart from the training size's.
-    let knn_at = |size: &str| {
-        let out = simclr(
-            &[
-                "knn",
-                "--checkpoint",
-                "enc.safetensors",
-                "--json",
-                "--cache-dir",
-                "cache",
-                "--image-size",
-                size,
-            ],
-            dir.path(),
-        );
-        assert!(out.status.success(), "{}", stderr(&out));
-        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
-    };
+    let at = |cmd, sizes| run(cmd, &["--image-size", sizes]);
+    let knn_at = |size| at("knn", size);
     let v = knn_at("24");
     assert_eq!(v["image_size"], 24);
     assert_eq!(
@@ -801,23 +789,7 @@ fn export_inspect_embed_and_evaluate_a_pretrained_encoder() {
     }
 
     // The probe picks the size of the best held-out accuracy, and reports that size's fit.
-    let probe_at = |sizes: &str| {
-        let out = simclr(
-            &[
-                "linear-probe",
-                "--checkpoint",
-                "enc.safetensors",
-                "--json",
-                "--cache-dir",
-                "cache",
-                "--image-size",
-                sizes,
-            ],
-            dir.path(),
-        );
-        assert!(out.status.success(), "{}", stderr(&out));
-        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
-    };
+    let probe_at = |sizes| at("linear-probe", sizes);
     let both = probe_at("16,24");
     let held_out = both["val_top1_by_image_size"].as_array().unwrap().clone();
     assert_eq!(held_out.len(), 2, "{both}");
