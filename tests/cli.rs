@@ -1053,6 +1053,32 @@ fn neighbors_finds_the_nearest_images_draws_them_and_measures_retrieval() {
     let mut other = TINY.to_vec();
     other.extend(["--out", "other", "--max-steps", "1", "--seed", "1"]);
     ok(&other);
+    // Embedded at another image size: searchable against queries of that size only.
+    for (split, out) in [
+        ("train", "gallery24.safetensors"),
+        ("test", "queries24.safetensors"),
+    ] {
+        ok(&[
+            "embed",
+            "--weights",
+            "enc.safetensors",
+            "--split",
+            split,
+            "--image-size",
+            "24",
+            "--out",
+            out,
+        ]);
+    }
+    ok(&[
+        "neighbors",
+        "--gallery",
+        "gallery24.safetensors",
+        "--query",
+        "queries24.safetensors",
+        "--max-queries",
+        "1",
+    ]);
     for (args, message) in [
         (
             &["neighbors", "--weights", "enc.safetensors", "--k", "0"][..],
@@ -1067,6 +1093,16 @@ fn neighbors_finds_the_nearest_images_draws_them_and_measures_retrieval() {
                 "gallery.safetensors",
             ][..],
             "was embedded by another encoder",
+        ),
+        (
+            &[
+                "neighbors",
+                "--weights",
+                "enc.safetensors",
+                "--gallery",
+                "gallery24.safetensors",
+            ][..],
+            "the gallery was embedded from 24 px images, the queries from 16 px",
         ),
         (
             &["neighbors", "--gallery", "enc.safetensors"][..],

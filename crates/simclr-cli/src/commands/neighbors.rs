@@ -92,6 +92,9 @@ struct Side {
     paths: Vec<Option<String>>,
     /// The images, for the grid (opened lazily for an embeddings file).
     images: Option<Images>,
+    /// The size the images were resized to before embedding (unknown for an embeddings file
+    /// written before `simclr embed` recorded it).
+    image_size: Option<u32>,
 }
 
 enum Images {
@@ -194,6 +197,7 @@ fn load_embeddings(path: &Path, encoder: Option<(&Encoder, &Path)>) -> anyhow::R
         labels,
         paths,
         images: None,
+        image_size: f.metadata.get("image_size").and_then(|s| s.parse().ok()),
     })
 }
 
@@ -246,6 +250,7 @@ fn dataset_side(
         source_len: ds.len(),
         features,
         dim: encoder.feature_dim(),
+        image_size: Some(encoder.image_size()),
         labels: (0..ds.len()).map(|i| ds.label(i)).collect(),
         paths,
         images: Some(Images::Dataset(ds)),
@@ -289,6 +294,7 @@ fn image_files_side(files: &[PathBuf], encoder: Option<&Encoder>) -> anyhow::Res
         source_len: files.len(),
         features,
         dim: encoder.feature_dim(),
+        image_size: Some(encoder.image_size()),
         labels: None,
         paths: files
             .iter()
@@ -394,6 +400,15 @@ pub fn run(args: &NeighborsArgs) -> anyhow::Result<()> {
             "the gallery has {}-d embeddings, the queries {}-d: they come from different encoders",
             gallery.dim,
             queries.dim
+        );
+    }
+    if let (Some(g), Some(q)) = (gallery.image_size, queries.image_size)
+        && g != q
+    {
+        bail!(
+            "the gallery was embedded from {g} px images, the queries from {q} px: their \
+             similarities would mean little; embed both at one size (`simclr embed \
+             --image-size`)"
         );
     }
     if let Some(n) = args.max_queries {
