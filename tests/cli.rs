@@ -512,7 +512,7 @@ fn pretrain_reads_a_toml_config_and_flags_override_it() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("run.toml"),
-        "width = 0.125\nimage_size = 16\nbatch_size = 16\nproj_dim = 16\noptimizer = \"adamw\"\nlr = 0.001\n",
+        "width = 0.125\nimage_size = 16\nbatch_size = 16\nproj_dim = 16\noptimizer = \"adamw\"\nlr = 0.001\ntrust_coefficient = 0.005\n",
     )
     .unwrap();
     let out = simclr(
@@ -522,6 +522,8 @@ fn pretrain_reads_a_toml_config_and_flags_override_it() {
             "run.toml",
             "--optimizer",
             "sgd",
+            "--trust-coefficient",
+            "0.02",
             "--max-steps",
             "1",
             "--out",
@@ -536,6 +538,7 @@ fn pretrain_reads_a_toml_config_and_flags_override_it() {
             .unwrap();
     assert_eq!(config["optimizer"], "sgd", "the flag wins");
     assert_eq!(config["lr"], 0.001, "the file is read");
+    assert_eq!(config["trust_coefficient"], 0.02, "the flag wins");
     std::fs::write(dir.path().join("bad.toml"), "widht = 2\n").unwrap();
     let out = simclr(&["pretrain", "--config", "bad.toml"], dir.path());
     assert!(!out.status.success());
@@ -580,6 +583,10 @@ fn pretrain_rejects_bad_options_before_any_work() {
         ),
         (&["--batch-size", "5000"][..], "fewer than one batch"),
         (&["--arch", "resnet99"][..], "unknown architecture"),
+        (
+            &["--trust-coefficient", "0"][..],
+            "--trust-coefficient must be a positive number",
+        ),
         (&["--log-every", "0"][..], "--log-every must be at least 1"),
     ]
     .into_iter()

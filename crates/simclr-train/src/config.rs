@@ -54,6 +54,10 @@ pub struct TrainConfig {
     pub momentum: f64,
     /// Nesterov momentum (LARS, SGD).
     pub nesterov: bool,
+    /// LARS trust coefficient η: each weight's step is `lr·η·‖w‖/‖g‖` times its gradient
+    /// (SimCLR: 0.001; solo-learn's CIFAR recipe: 0.02). Biases and BatchNorm parameters take
+    /// the plain learning rate.
+    pub trust_coefficient: f64,
     /// Epochs of linear warmup.
     pub warmup_epochs: f64,
     /// Training objective.
@@ -120,6 +124,7 @@ impl Default for TrainConfig {
             weight_decay: 1e-6,
             momentum: 0.9,
             nesterov: false,
+            trust_coefficient: 1e-3,
             warmup_epochs: 10.0,
             loss: LossKind::NtXent,
             temperature: 0.5,
@@ -168,6 +173,7 @@ impl TrainConfig {
         positive(self.width, "width")?;
         positive(self.lr, "lr")?;
         positive(self.temperature, "temperature")?;
+        positive(self.trust_coefficient, "trust-coefficient")?;
         non_negative(self.weight_decay, "weight-decay")?;
         non_negative(self.warmup_epochs, "warmup-epochs")?;
         non_negative(self.margin, "margin")?;
@@ -290,6 +296,7 @@ impl TrainConfig {
             weight_decay: self.weight_decay,
             momentum: self.momentum,
             nesterov: self.nesterov,
+            trust_coefficient: self.trust_coefficient,
             ..OptimConfig::default()
         }
     }

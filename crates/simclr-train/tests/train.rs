@@ -598,3 +598,75 @@ fn a_resume_on_other_data_is_refused_naming_the_difference() {
     let t = Trainer::resume(&ckpt, |_| {}, subset(48), dir.path(), &Device::Cpu).unwrap();
     assert!(t.resume_notes().is_empty(), "{:?}", t.resume_notes());
 }
+
+/// `trust_coefficient` is LARS's η: on the first step (no momentum yet, the same gradient) a
+/// weight moves by `lr·η·‖w‖` along its gradient, so four times the η moves every adapted
+/// weight four times as far, while biases and BatchNorm parameters, which take the plain
+/// learning rate, move exactly as before. A config saved before the field existed reads
+/// SimCLR's 0.001.
+#[test]
+fn the_trust_coefficient_scales_the_lars_step_of_weights_only() {
+    let first_step = |eta: f64| {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = TrainConfig {
+            warmup_epochs: 0.0,
+            max_steps: Some(1),
+            trust_coefficient: eta,
+            ..tiny(OptimizerKind::Lars)
+        };
+        let mut t = Trainer::new(cfg, subset(64), dir.path(), &Device::Cpu).unwrap();
+        let before = t.model().trainable_vars();
+        let before: Vec<(String, Tensor)> = before
+            .into_iter()
+            .map(|(n, v)| (n, v.as_tensor().copy().unwrap()))
+            .collect();
+        assert_eq!(run(&mut t).steps, 1);
+        let after = t.model().trainable_vars();
+        before
+            .into_iter()
+            .zip(after)
+            .map(|((n, w0), (m, w1))| {
+                assert_eq!(n, m);
+                let rank = w0.rank();
+                let moved = (w1.as_tensor() - &w0).unwrap();
+                (n, rank, moved)
+            })
+            .collect::<Vec<_>>()
+    };
+    let norm = |t: &Tensor| {
+        t.sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+            .sqrt()
+    };
+    let (a, b) = (first_step(1e-3), first_step(4e-3));
+    let mut adapted = 0;
+    for ((name, rank, da), (_, _, db)) in a.iter().zip(&b) {
+        let (na, nb) = (norm(da), norm(db));
+        assert!(na > 0.0, "`{name}` did not move");
+        if *rank > 1 {
+            adapted += 1;
+            assert!(
+                (nb / na - 4.0).abs() < 4e-3,
+                "`{name}`: moved {nb} with η 0.004 against {na} with η 0.001"
+            );
+        } else {
+            assert!(
+                values(da) == values(db),
+                "`{name}` is not adapted, yet moved {nb} against {na}"
+            );
+        }
+    }
+    assert!(adapted > 10, "{adapted} adapted weights");
+
+    let mut old = serde_json::to_value(TrainConfig::default()).unwrap();
+    old.as_object_mut()
+        .unwrap()
+        .remove("trust_coefficient")
+        .unwrap();
+    let old: TrainConfig = serde_json::from_value(old).unwrap();
+    assert_eq!(old.trust_coefficient, 1e-3);
+}

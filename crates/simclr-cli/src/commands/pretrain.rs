@@ -92,6 +92,10 @@ pub struct PretrainArgs {
     /// Momentum of LARS and SGD [default: 0.9].
     #[arg(long)]
     pub momentum: Option<f64>,
+    /// LARS trust coefficient η: a weight's step is lr·η·‖w‖/‖g‖ times its gradient, while
+    /// biases and BatchNorm parameters take the plain learning rate [default: 0.001, SimCLR's].
+    #[arg(long, value_name = "ETA")]
+    pub trust_coefficient: Option<f64>,
     /// Epochs of linear learning-rate warmup [default: 10; 0.5 without --data].
     #[arg(long)]
     pub warmup_epochs: Option<f64>,
@@ -260,6 +264,7 @@ impl PretrainArgs {
             lr_scaling,
             weight_decay,
             momentum,
+            trust_coefficient,
             warmup_epochs,
             loss,
             temperature,
@@ -322,6 +327,7 @@ impl PretrainArgs {
             proj_dim => "--proj-dim", image_size => "--image-size", batch_size => "--batch-size",
             optimizer => "--optimizer", lr => "--lr", lr_scaling => "--lr-scaling",
             weight_decay => "--weight-decay", momentum => "--momentum",
+            trust_coefficient => "--trust-coefficient",
             warmup_epochs => "--warmup-epochs", loss => "--loss", temperature => "--temperature",
             margin => "--margin", pairs => "--pairs", mining => "--mining", scale => "--scale",
             sigma => "--sigma", jitter_strength => "--jitter-strength",
