@@ -106,28 +106,33 @@ echo "pretraining wall time: $(( $(date +%s) - start )) s" | tee "$OUT/wall-time
 # $OUT/features (keyed by the weights file, the data and the image size), knn reads them back.
 # kNN twice: with Wu et al.'s and lightly's k = 200, τ = 0.1 (simclr's default), and with
 # solo-learn's k = 20, τ = 0.07. All of it first at the training size (SIZE), then at the
-# size of EVAL_SIZES (28,32,36,40; empty to skip) that the probe's held-out 10% of the
-# training images picks (FixRes: the random crops of pretraining showed garments larger than
-# whole 28 px images do; README).
+# size of EVAL_SIZES (28,32,36,40; empty to skip) that the pretrained encoder's probe picks on
+# its held-out 10% of the training images (FixRes: the random crops of pretraining showed
+# garments larger than whole 28 px images do; README). The random encoder is evaluated at the
+# same two sizes (each size of the grid costs a feature extraction of all 70,000 images).
 EVAL_SIZES=${EVAL_SIZES-28,32,36,40}
 FEATURES=(--cache-dir "$OUT/features")
-eval_all() { # $1: checkpoint, $2: extra flags
+eval_at() { # $1: checkpoint, $2: extra flags, $3: image size, or a list to pick from
     local args=(--checkpoint "$1" --data "$DATA" --threads "$THREADS" --json "${FEATURES[@]}")
-    "$SIMCLR" linear-probe "${args[@]}" $2
-    "$SIMCLR" knn "${args[@]}" $2
-    "$SIMCLR" knn "${args[@]}" --k 20 --temperature 0.07 $2
-    if [ -n "$EVAL_SIZES" ]; then
-        local probe size
-        probe=$("$SIMCLR" linear-probe "${args[@]}" --image-size "$EVAL_SIZES" $2)
-        echo "$probe"
-        size=$(grep -o '"image_size":[0-9]*' <<<"$probe" | cut -d: -f2)
-        "$SIMCLR" knn "${args[@]}" --image-size "$size" $2
-        "$SIMCLR" knn "${args[@]}" --image-size "$size" --k 20 --temperature 0.07 $2
-    fi
+    local probe size
+    probe=$("$SIMCLR" linear-probe "${args[@]}" --image-size "$3" $2)
+    echo "$probe"
+    size=$(grep -o '"image_size":[0-9]*' <<<"$probe" | cut -d: -f2)
+    "$SIMCLR" knn "${args[@]}" --image-size "$size" $2
+    "$SIMCLR" knn "${args[@]}" --image-size "$size" --k 20 --temperature 0.07 $2
 }
 {
-    eval_all "$OUT/last.safetensors" ""
-    eval_all "$OUT/last.safetensors" "--random-init"
+    eval_at "$OUT/last.safetensors" "" "$SIZE"
+    picked=$SIZE
+    if [ -n "$EVAL_SIZES" ]; then
+        grid=$(eval_at "$OUT/last.safetensors" "" "$EVAL_SIZES")
+        echo "$grid"
+        picked=$(grep -o -m 1 '"image_size":[0-9]*' <<<"$grid" | cut -d: -f2)
+    fi
+    eval_at "$OUT/last.safetensors" "--random-init" "$SIZE"
+    if [ "$picked" != "$SIZE" ]; then
+        eval_at "$OUT/last.safetensors" "--random-init" "$picked"
+    fi
 } | tee "$OUT/eval.jsonl"
 
 # Probe accuracy against pretraining epochs, from the numbered checkpoints: PER_EPOCH="2 4 6"
