@@ -4,12 +4,14 @@
 # randomly initialised encoder of the same architecture (the baseline pretraining must beat).
 #
 # The recipe fits an hour of pretraining on a 2-core VM. Where it fits (BUDGET_MINUTES, 60),
-# ResNet-50 3/8 width for 4 epochs on 28 px views (54 minutes on the README's EPYC with
-# --precision bf16, probe 90.8%); where only 24 px views fit, the same on 24 px views (45
-# minutes on the README's slower Xeon, probe 90.8% with the evaluation at 36 px); elsewhere
-# ResNet-50 1/4 width for 5 epochs at 28 px (33-58 minutes on the README's VMs, probe
-# 89.6-90.1% at 28 px, 90.5% at 36). The script decides by timing 12 steps of the wider recipe
-# at each size first (about a minute each). The products are bf16 on a CPU with AVX-512 BF16
+# ResNet-50 3/8 width for 4 epochs on 28 px views; where only 24 px views fit, the same on 24
+# px views (50 minutes on the README's slower Xeon, probe 91.8% with the evaluation at 36 px);
+# elsewhere ResNet-50 1/4 width for 5 epochs at 28 px. The script decides by timing 12 steps
+# of the wider recipe at each size first (about a minute each). The base learning rate is
+# 0.3 (x sqrt(batch) = 3.39): 4x SimCLR's small-batch 0.075, which gave the 24 px recipe 91.8%
+# instead of 90.8% and a 1-epoch 1/4-width screen 89.0% instead of 87.0% (README); the 28 px
+# recipes' figures there (90.8% in 54 minutes, 89.6-90.1% in 33-58) were measured at 0.075.
+# The products are bf16 on a CPU with AVX-512 BF16
 # (on AMX tiles where the CPU has them; README, --precision bf16), f32 elsewhere. WIDTH,
 # EPOCHS, SIZE and PRECISION override the choice; ARCH, BATCH, LR, LOSS (ntxent, dcl, dclw),
 # TEMPERATURE, MIN_CROP, JITTER, STEM and WARMUP the rest of the recipe; EVAL_SIZES the image
@@ -32,7 +34,7 @@ fi
 BUDGET_MINUTES=${BUDGET_MINUTES:-60}
 ARCH=${ARCH:-resnet50}
 BATCH=${BATCH:-128}
-LR=${LR:-0.075}
+LR=${LR:-0.3}
 LOSS=${LOSS:-ntxent}
 TEMPERATURE=${TEMPERATURE:-0.2}
 MIN_CROP=${MIN_CROP:-0.4}
